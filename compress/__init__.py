@@ -1,0 +1,1 @@
+"""Compression: distillation, structured pruning, ONNX export, INT8 quantization and the budgeted search."""

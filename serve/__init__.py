@@ -1,0 +1,1 @@
+"""Serving: ONNX Runtime + tokenizers + BentoML only. Never import torch or transformers here."""

