@@ -1,0 +1,62 @@
+"""Shared fixtures: the demo data, the real datasets (skipped when absent), and tiny artifacts built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+DEMO_DATA = ROOT / "examples" / "sentiment"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")          # nothing may come from a hub at test time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def slimship_cmd(*args: str) -> list[str]:
+    """The CLI as a subprocess, with this interpreter (no reliance on PATH)."""
+    return [sys.executable, "-m", "slimship", *args]
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    return DEMO_DATA
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    path = SHARED_DATASETS / "sst2"
+    if not (path / "train.csv").is_file():
+        pytest.skip(f"real dataset not available: {path} is absent (it lives in ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def agnews_dir() -> Path:
+    path = SHARED_DATASETS / "ag_news"
+    if not (path / "train.csv").is_file():
+        pytest.skip(f"real dataset not available: {path} is absent (it lives in ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A `tiny` model trained briefly on the demo data: a valid PyTorch artifact for the later stages."""
+    from train.recipe import TrainConfig
+    from train.stage import train
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-teacher"
+    cfg = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=32, max_length=64, quiet=True, patience=0)
+    return train("tiny", DEMO_DATA, out, cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_teacher, tmp_path_factory) -> Path:
+    """The tiny teacher exported to an ONNX artifact."""
+    from compress.export import export
+
+    return export(tiny_teacher, tmp_path_factory.mktemp("artifacts") / "tiny-onnx")
