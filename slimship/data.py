@@ -40,27 +40,60 @@ def file_format(path: Path) -> str:
     return fmt
 
 
-def iter_rows(path: str | Path, columns: list[str], chunk_rows: int = 10_000) -> Iterator[tuple[int, dict[str, Any]]]:
+class BadRow:
+    """A row that could not be read, yielded in place of its values by ``iter_rows(..., lenient=True)``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"BadRow({self.reason!r})"
+
+
+NOT_UTF8 = "bytes that are not UTF-8"
+
+
+def iter_rows(path: str | Path, columns: list[str], chunk_rows: int = 10_000, *,
+              lenient: bool = False) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
     """Stream ``(row_number, {column: value})`` from a table file, reading only ``columns``.
 
     Row numbers are 1-based data rows (the header is not counted). Raises DataError for a missing column or
     undecodable bytes; checks that the header has every column before yielding anything.
+
+    ``lenient=True`` (batch scoring: one bad row must not stop a long job) yields ``(row_number, BadRow(reason))``
+    for a row with undecodable bytes, a JSON line that does not parse or is not an object, or a JSON object that
+    lacks a column. A missing column in the header (or in the first JSON object) is still a DataError.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     fmt = file_format(path)
     if fmt in ("csv", "tsv"):
-        yield from _iter_delimited(path, columns, "," if fmt == "csv" else "\t")
+        yield from _iter_delimited(path, columns, "," if fmt == "csv" else "\t", lenient)
     elif fmt == "jsonl":
-        yield from _iter_jsonl(path, columns)
+        yield from _iter_jsonl(path, columns, lenient)
     else:
         yield from _iter_parquet(path, columns, chunk_rows)
 
 
-def _iter_delimited(path: Path, columns: list[str], delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _has_bad_bytes(value: str) -> bool:
+    """True for text decoded with errors="surrogateescape" that holds escaped (undecodable) bytes."""
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _iter_delimited(path: Path, columns: list[str], delimiter: str,
+                    lenient: bool = False) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
     with open(path, "rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+        errors = "surrogateescape" if lenient else "strict"
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors=errors, newline="")
         reader = csv.reader(text, delimiter=delimiter)
         row_number = 0
         try:
@@ -73,7 +106,13 @@ def _iter_delimited(path: Path, columns: list[str], delimiter: str) -> Iterator[
             for row_number, row in enumerate(reader, start=1):
                 if not row:
                     continue
-                yield row_number, {c: (row[i] if i < len(row) else None) for c, i in index.items()}
+                values = {c: (row[i] if i < len(row) else None) for c, i in index.items()}
+                if lenient:
+                    bad = [c for c, v in values.items() if v is not None and _has_bad_bytes(v)]
+                    if bad:
+                        yield row_number, BadRow(f"{NOT_UTF8} in column {bad[0]!r}")
+                        continue
+                yield row_number, values
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: row {row_number + 1}: bytes that are not UTF-8 ({e.reason} at byte "
                             f"{e.start} of the block being read)") from None
@@ -88,27 +127,40 @@ def _column_index(path: Path, header: list[str], columns: list[str]) -> dict[str
     return {c: header.index(c) for c in columns}
 
 
-def _iter_jsonl(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def parse_json_record(line: bytes | str, columns: list[str]) -> dict[str, Any] | BadRow:
+    """One JSON line -> ``{column: value}``, or a BadRow saying why not (blank lines are the caller's business)."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return BadRow(f"{NOT_UTF8} ({e.reason})")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        return BadRow(f"not valid JSON ({e.msg})")
+    if not isinstance(record, dict):
+        return BadRow(f"expected a JSON object, got {type(record).__name__}")
+    missing = [c for c in columns if c not in record]
+    if missing:
+        return BadRow(f"missing column(s) {', '.join(map(repr, missing))}")
+    return {c: record[c] for c in columns}
+
+
+def _iter_jsonl(path: Path, columns: list[str], lenient: bool = False) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
     with open(path, "rb") as f:
-        seen_any = False
+        seen_any = seen_object = False
         for line_number, line in enumerate(f, start=1):
-            try:
-                line_text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: line {line_number}: bytes that are not UTF-8 ({e.reason})") from None
-            if not line_text.strip():
+            if not line.strip():
                 continue
-            try:
-                record = json.loads(line_text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {line_number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: line {line_number}: expected a JSON object, got {type(record).__name__}")
-            missing = [c for c in columns if c not in record]
-            if missing:
-                raise DataError(f"{path}: line {line_number}: missing column(s) {', '.join(map(repr, missing))}")
+            values = parse_json_record(line, columns)
+            if isinstance(values, BadRow):
+                # Strict mode, or the first object lacking a column (a wrong --text-column, not one bad row).
+                if not lenient or (not seen_object and values.reason.startswith("missing column")):
+                    raise DataError(f"{path}: line {line_number}: {values.reason}")
+            else:
+                seen_object = True
             seen_any = True
-            yield line_number, {c: record[c] for c in columns}
+            yield line_number, values
         if not seen_any:
             raise DataError(f"{path}: empty file (no JSON lines)")
 
