@@ -79,7 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UserError as e:  # a bad --config file
+        print(f"slimship: error: {e}", file=sys.stderr)
+        return 2
     try:
         result = _command_module(args._module).run(args)
     except UserError as e:

@@ -214,9 +214,15 @@ def build_trainer(model, tokenizer, train_data: TokenizedDataset, eval_data: Tok
 
 
 def last_checkpoint(work_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+    """The newest complete checkpoint. A kill can land while a checkpoint is being written; the Trainer writes
+    trainer_state.json last, so a checkpoint without it is incomplete and is skipped."""
+    if not work_dir.is_dir():
+        return None
+    checkpoints = [p for p in work_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1])))
 
 
 def prepare_work_dir(work_dir: Path, resume: bool) -> str | None:
