@@ -1,0 +1,237 @@
+"""INT8 quantization of an ONNX artifact: dynamic (weights int8, activations at run time) or static (QDQ).
+
+    quantize("runs/student-onnx", "runs/student-int8", QuantizeConfig(mode="dynamic", data="data/"))
+
+The instruction-set preset (avx512_vnni, avx2, arm64) is picked from the CPU and recorded: it decides the
+weight/activation integer types exactly as optimum's ``AutoQuantizationConfig`` presets do. The quantizer itself
+is ONNX Runtime's ``quantize_dynamic`` / ``quantize_static``, called directly: optimum's ``ORTQuantizer`` fails on
+transformer-fused graphs with onnxruntime 1.32, and the budgeted search quantizes fused graphs too (the
+``DefaultTensorType`` option is what lets fused contrib ops through).
+
+Static quantization is calibrated on ``calibration`` training rows (min-max, entropy or percentile). When data
+is given, accuracy before and after and the share of agreeing predictions are recorded, with sizes before and
+after.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimship import UserError
+from slimship import manifest as artifact
+from slimship.manifest import stage_log
+
+MODES = ("dynamic", "static")
+METHODS = ("minmax", "entropy", "percentile")
+PRESETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
+
+
+@dataclass
+class QuantizeConfig:
+    mode: str = "dynamic"
+    per_channel: bool = False
+    calibration: int = 128          # training rows for static calibration
+    method: str = "minmax"          # static calibration method
+    preset: str = "auto"            # instruction-set preset; auto = from this CPU
+    data: str | None = None         # training rows (static) and validation rows (accuracy before/after)
+    text_column: str = "text"
+    label_column: str = "label"
+    max_eval_rows: int | None = None
+    seed: int = 42
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.preset not in PRESETS:
+            raise UserError(f"--preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
+        if self.mode == "static" and not self.data:
+            raise UserError("--mode static needs --data: calibration runs on training rows")
+        if self.calibration < 1:
+            raise UserError("--calibration must be at least 1 row")
+
+
+def cpu_preset() -> str:
+    """The optimum preset that suits this CPU: VNNI int8 dot products, plain AVX2/AVX-512, or arm64."""
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        flags = set()
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def preset_settings(preset: str, static: bool, per_channel: bool) -> dict[str, Any]:
+    """Integer types and operators of an optimum preset, as plain values for onnxruntime's quantizers."""
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    qconfig = getattr(AutoQuantizationConfig, preset)(is_static=static, per_channel=per_channel)
+    return {"weight_type": qconfig.weights_dtype, "activation_type": qconfig.activations_dtype,
+            "reduce_range": bool(qconfig.reduce_range), "op_types": list(qconfig.operators_to_quantize),
+            "weights_symmetric": bool(qconfig.weights_symmetric),
+            "activations_symmetric": bool(qconfig.activations_symmetric)}
+
+
+class TokenizedRows:
+    """ONNX Runtime calibration reader: one tokenized row per step, fed through the artifact's own tokenizer."""
+
+    def __init__(self, artifact_dir: Path, texts: list[str], max_length: int, input_names: list[str]):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(artifact_dir / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=max_length)
+        self.feeds = []
+        for enc in tokenizer.encode_batch(texts):
+            row = {"input_ids": [enc.ids], "attention_mask": [enc.attention_mask], "token_type_ids": [enc.type_ids]}
+            self.feeds.append({k: np.array(row[k], dtype=np.int64) for k in input_names})
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def _calibration_texts(cfg: QuantizeConfig, labels: list[str]) -> list[str]:
+    import random
+
+    from slimship.data import load_data
+
+    train = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
+                      splits=("train",)).splits["train"]
+    rng = random.Random(cfg.seed)
+    return rng.sample(train.texts, min(cfg.calibration, len(train.texts)))
+
+
+def _validation(cfg: QuantizeConfig, labels: list[str]):
+    from slimship.data import load_data
+
+    if not cfg.data:
+        return None
+    split = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
+                      splits=("validation",)).splits.get("validation")
+    if split is None:
+        return None
+    return split.texts[:cfg.max_eval_rows], split.labels[:cfg.max_eval_rows]
+
+
+def _input_names(model_file: Path) -> list[str]:
+    import onnx
+
+    return [i.name for i in onnx.load(str(model_file), load_external_data=False).graph.input]
+
+
+@contextmanager
+def quiet_root_logger():
+    """onnxruntime's quantizer logs advice on the root logger at WARNING; keep the user's terminal readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize(onnx_dir: str | Path, out: str | Path, cfg: QuantizeConfig) -> Path:
+    """ONNX artifact -> INT8 ONNX artifact, with accuracy and size before and after."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+
+    from compress.export import onnx_file_mb, write_provisional_manifest
+    from slimship.evaluate import artifact_logits
+    from slimship.metrics import classification_metrics
+
+    cfg.check()
+    onnx_dir, out = Path(onnx_dir), Path(out)
+    source = artifact.load(onnx_dir, format="onnx")
+    if source.get("quantization"):
+        raise UserError(f"{onnx_dir}: already quantized ({source['quantization']['mode']}); quantize the FP32 "
+                        "export instead")
+    if cfg.mode == "static" and source.get("optimize", "none") != "none":
+        raise UserError(f"{onnx_dir}: static (QDQ) quantization needs an unfused export (this one is optimized "
+                        f"{source['optimize']}); ONNX Runtime fuses the QDQ graph itself when it loads it")
+    preset = cpu_preset() if cfg.preset == "auto" else cfg.preset
+    settings = preset_settings(preset, cfg.mode == "static", cfg.per_channel)
+    src_model = onnx_dir / "model.onnx"
+    stage_log(f"quantize {onnx_dir}: {cfg.mode} INT8, preset {preset}"
+              + (f", {cfg.method} calibration on {cfg.calibration} rows" if cfg.mode == "static" else ""))
+
+    validation = _validation(cfg, source["labels"])
+    before_logits = artifact_logits(onnx_dir, validation[0]) if validation else None
+
+    # Fused contrib ops (Attention, SkipLayerNormalization) carry no type information the quantizer can read.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": settings["weights_symmetric"],
+             "ActivationSymmetric": settings["activations_symmetric"]}
+    config = {**asdict(cfg), "preset": preset}
+    with artifact.create(out, "quantize", format="onnx", parent=onnx_dir, config=config) as art:
+        with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
+            target = art.dir / "model.onnx"
+            if cfg.mode == "dynamic":
+                quantize_dynamic(src_model, target, op_types_to_quantize=settings["op_types"],
+                                 per_channel=cfg.per_channel, reduce_range=settings["reduce_range"],
+                                 weight_type=settings["weight_type"], extra_options=extra)
+            else:
+                texts = _calibration_texts(cfg, source["labels"])
+                reader = TokenizedRows(onnx_dir, texts, source["max_length"], _input_names(src_model))
+                method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                          "percentile": CalibrationMethod.Percentile}[cfg.method]
+                quantize_static(src_model, target, reader, quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=settings["op_types"], per_channel=cfg.per_channel,
+                                reduce_range=settings["reduce_range"], activation_type=settings["activation_type"],
+                                weight_type=settings["weight_type"], calibrate_method=method,
+                                extra_options={**extra, "CalibTensorRangeSymmetric": False},
+                                calibration_cache_path=Path(tmp) / "calibration")
+        for name in sorted(p.name for p in onnx_dir.iterdir()):
+            if name not in ("model.onnx", artifact.MANIFEST) and (onnx_dir / name).is_file() \
+                    and name in source["files"]:
+                shutil.copy(onnx_dir / name, art.dir / name)
+        size_before, size_after = onnx_file_mb(src_model), onnx_file_mb(target)
+        art.manifest.update(labels=source["labels"], max_length=source["max_length"],
+                            optimize=source.get("optimize", "none"), file_mb=size_after)
+        for key in ("parameters", "macs", "base_model", "parity"):
+            if key in source:
+                art.manifest[key] = source[key]
+        quantization = {"mode": cfg.mode, "preset": preset, "per_channel": cfg.per_channel,
+                        "weight_type": str(settings["weight_type"]), "activation_type":
+                        str(settings["activation_type"]) if cfg.mode == "static" else "uint8 (at run time)",
+                        "reduce_range": settings["reduce_range"], "operators": settings["op_types"],
+                        "size_mb_before": size_before, "size_mb_after": size_after}
+        if cfg.mode == "static":
+            quantization.update(calibration_rows=cfg.calibration, method=cfg.method)
+        if validation:
+            write_provisional_manifest(art)
+            after_logits = artifact_logits(art.dir, validation[0])
+            before = classification_metrics(before_logits.argmax(-1), validation[1], source["labels"])
+            after = classification_metrics(after_logits.argmax(-1), validation[1], source["labels"])
+            quantization.update(
+                accuracy_before=before["accuracy"], accuracy_after=after["accuracy"],
+                agreement=float((before_logits.argmax(-1) == after_logits.argmax(-1)).mean()))
+            art.manifest["metrics"] = {"validation": after}
+            stage_log(f"accuracy {before['accuracy'] * 100:.2f}% -> {after['accuracy'] * 100:.2f}%, "
+                      f"size {size_before:.1f} MB -> {size_after:.1f} MB")
+        else:
+            art.manifest["metrics"] = {}
+            stage_log(f"size {size_before:.1f} MB -> {size_after:.1f} MB (no --data: accuracy not measured)")
+        art.manifest["quantization"] = quantization
+    return out

@@ -1,0 +1,406 @@
+"""Budgeted compression: the fastest model within X accuracy points of the teacher, searched over the chain.
+
+    compress("runs/teacher", "data/", "runs/compressed", CompressConfig(max_accuracy_drop=1.0)) -> Path
+
+The grid is a tree. From the teacher: distil a student per depth in ``layers``; prune each student per entry
+in ``prune`` (with KD from the teacher during recovery); export every PyTorch model per ``optimize`` level
+(unfused / ONNX Runtime fusion); quantize every export per ``quantize`` mode (none = FP32, dynamic, static).
+Every ONNX leaf is a candidate: its validation accuracy and macro-F1, batch-1 latency and batch-32 throughput
+are measured on this machine with an explicit thread count, and the fastest candidate (by ``objective``)
+within the budget wins. It is written as an ONNX artifact at ``out/model``; report.json, report.md and
+pareto.png go in ``out``.
+
+Resumable: each node of the tree is its own artifact under ``out/candidates/<name>``, and each measured
+candidate keeps its numbers in ``measurement.json`` beside its manifest. A rerun after a crash verifies and
+reuses what is finished, and a crashed training stage resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from slimship import UserError
+from slimship import manifest as artifact
+from slimship.manifest import ArtifactError, stage_log
+from train.recipe import TrainConfig
+
+OBJECTIVES = ("throughput", "latency")
+QUANTIZE_MODES = ("none", "dynamic", "static")
+
+
+class BudgetNotMet(UserError):
+    """No candidate stays within the accuracy budget (the report is still written)."""
+
+
+@dataclass
+class Grid:
+    """What to try. Every list is a grid axis; ``distill`` / ``prune_options`` override stage options."""
+
+    layers: list[int] = field(default_factory=lambda: [3])
+    prune: list[dict] = field(default_factory=lambda: [{}, {"heads": 0.5, "ffn": 0.5}])
+    optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
+    quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
+    include_teacher: bool = True        # the teacher itself (exported, quantized) is a candidate too
+    distill: dict = field(default_factory=dict)         # DistillConfig fields, e.g. {epochs: 3, alpha: 0.5}
+    prune_options: dict = field(default_factory=dict)   # PruneConfig fields, e.g. {recovery_epochs: 1}
+
+    def check(self, source: str = "grid") -> None:
+        from compress.export import OPTIMIZE_LEVELS
+
+        if any(not isinstance(n, int) or n < 1 for n in self.layers):
+            raise UserError(f"{source}: layers must be positive integers, not {self.layers}")
+        for entry in self.prune:
+            if not isinstance(entry, dict) or set(entry) - {"heads", "ffn", "hidden"}:
+                raise UserError(f"{source}: each prune entry is a mapping of heads/ffn/hidden ratios, not {entry!r}")
+            for key, value in entry.items():
+                if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                    raise UserError(f"{source}: prune ratio {key}={value!r} must be in [0, 1)")
+        for level in self.optimize:
+            if level not in OPTIMIZE_LEVELS:
+                raise UserError(f"{source}: optimize {level!r} is not one of {', '.join(OPTIMIZE_LEVELS)}")
+        for mode in self.quantize:
+            if mode not in QUANTIZE_MODES:
+                raise UserError(f"{source}: quantize {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
+        if not self.optimize or not self.quantize:
+            raise UserError(f"{source}: optimize and quantize need at least one entry each")
+        if not self.layers and not self.include_teacher:
+            raise UserError(f"{source}: nothing to search (no layers and include_teacher is false)")
+
+
+def load_grid(path: str | Path) -> Grid:
+    from slimship.config import load_yaml
+
+    values = load_yaml(path)
+    known = {f.name for f in fields(Grid)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    grid = Grid(**{k: v for k, v in values.items() if v is not None})
+    grid.prune = [entry or {} for entry in grid.prune]
+    grid.check(str(path))
+    return grid
+
+
+@dataclass
+class CompressConfig:
+    max_accuracy_drop: float = 1.0          # accuracy points below the teacher, on the validation split
+    objective: str = "throughput"           # throughput: batch-32 rows/s; latency: batch-1 p50
+    grid: Grid = field(default_factory=Grid)
+    train: TrainConfig = field(default_factory=TrainConfig)   # base options of the distill / prune stages
+    threads: int | None = None              # ONNX Runtime threads for measuring; None: every usable core
+    calibration: int = 128                  # training rows for static quantization
+    latency_rows: int = 200
+    throughput_rows: int = 512
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.max_accuracy_drop < 0:
+            raise UserError("--max-accuracy-drop must be 0 or more (accuracy points)")
+        self.grid.check()
+        self.train.check()
+
+
+@dataclass
+class Node:
+    """One artifact of the search tree."""
+
+    name: str
+    stage: str                      # teacher, distill, prune, export, quantize
+    parent: "Node | None"
+    options: dict[str, Any]
+
+    @property
+    def pytorch(self) -> bool:
+        return self.stage in ("teacher", "distill", "prune")
+
+
+def plan(teacher_layers: int, grid: Grid) -> list[Node]:
+    """Every node of the tree, parents before children."""
+    teacher = Node("teacher", "teacher", None, {})
+    # A depth equal to the teacher's is the teacher itself (include_teacher covers it).
+    students = [Node(f"L{n}", "distill", teacher, {"layers": n}) for n in grid.layers if n < teacher_layers]
+    nodes = [teacher, *students]
+    bases = ([teacher] if grid.include_teacher else []) + students
+    for model in students or [teacher]:       # prune the students; the teacher only when there are none
+        for entry in grid.prune:
+            ratios = {k: float(v) for k, v in sorted(entry.items()) if v}
+            if ratios:
+                tag = "-".join(f"{k}{v:g}" for k, v in ratios.items())
+                pruned = Node(f"{model.name}-prune-{tag}", "prune", model, ratios)
+                nodes.append(pruned)
+                bases.append(pruned)
+    exports = [Node(f"{base.name}-onnx" + ("" if level == "none" else f"-{level}"), "export", base,
+                    {"optimize": level}) for base in bases for level in grid.optimize]
+    nodes.extend(exports)
+    for export in exports:
+        for mode in grid.quantize:
+            if mode == "static" and export.options["optimize"] != "none":
+                continue        # QDQ calibration needs the unfused graph; ORT fuses the QDQ graph at load
+            if mode != "none":
+                nodes.append(Node(f"{export.name}-int8-{mode}", "quantize", export, {"mode": mode}))
+    return nodes
+
+
+def candidates(nodes: list[Node], grid: Grid) -> list[Node]:
+    """The ONNX leaves that get measured (an FP32 export only when quantize lists none)."""
+    return [n for n in nodes if n.stage == "quantize" or (n.stage == "export" and "none" in grid.quantize)]
+
+
+class Search:
+    def __init__(self, teacher_dir: Path, data: str | Path, out: Path, cfg: CompressConfig):
+        self.teacher_dir, self.data, self.out, self.cfg = teacher_dir, data, out, cfg
+        self.dirs: dict[str, Path] = {}
+
+    def path(self, node: Node) -> Path:
+        return self.teacher_dir if node.stage == "teacher" else self.out / "candidates" / node.name
+
+    def finished(self, path: Path) -> bool:
+        try:
+            artifact.load(path)
+            return True
+        except ArtifactError:
+            return False
+
+    def build(self, node: Node) -> Path:
+        """Make a node's artifact unless a verified one is already there."""
+        path = self.path(node)
+        if node.stage == "teacher" or self.finished(path):
+            return path
+        parent = self.path(node.parent)
+        train_opts = {**self.cfg.train.as_dict(), "resume": True}
+        if node.stage == "distill":
+            from compress.distill import DistillConfig, distill
+
+            distill(self.teacher_dir, self.data, path,
+                    DistillConfig.from_dict({**train_opts, **self.cfg.grid.distill, **node.options}))
+        elif node.stage == "prune":
+            from compress.prune import PruneConfig, prune
+
+            prune(parent, self.data, path,
+                  PruneConfig.from_dict({**train_opts, **self.cfg.grid.prune_options, **node.options}),
+                  teacher_dir=self.teacher_dir)
+        elif node.stage == "export":
+            from compress.export import ExportConfig, export
+
+            t = self.cfg.train
+            export(parent, path, data=self.data,
+                   cfg=ExportConfig(optimize=node.options["optimize"], parity_rows=t.max_eval_rows,
+                                    text_column=t.text_column, label_column=t.label_column))
+        elif node.stage == "quantize":
+            from compress.quantize import QuantizeConfig, quantize
+
+            t = self.cfg.train
+            quantize(parent, path, QuantizeConfig(mode=node.options["mode"], data=str(self.data),
+                                                  calibration=self.cfg.calibration, text_column=t.text_column,
+                                                  label_column=t.label_column, max_eval_rows=t.max_eval_rows,
+                                                  seed=t.seed))
+        return path
+
+    def profile(self, node: Node) -> dict[str, Any]:
+        """Parameters and MACs of the PyTorch model behind a node (cached beside its artifact)."""
+        while not node.pytorch:
+            node = node.parent
+        path = self.path(node)
+        cache = (self.out / "candidates" / "teacher.profile.json") if node.stage == "teacher" \
+            else path / "profile.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        from transformers import AutoModelForSequenceClassification
+
+        from compress.profile import model_profile
+
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        manifest = artifact.load(path, verify=False)
+        result = model_profile(model, manifest["max_length"])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result) + "\n")
+        return result
+
+    def measure(self, node: Node, texts: list[str], labels: list[int]) -> dict[str, Any]:
+        """Accuracy and speed of an ONNX candidate; kept in measurement.json so a rerun reuses it."""
+        from compress.export import onnx_file_mb
+        from compress.latency import speed
+        from slimship.evaluate import artifact_logits
+        from slimship.metrics import classification_metrics
+
+        path = self.path(node)
+        cache = path / "measurement.json"
+        key = {"rows": len(texts), "threads": self.cfg.threads, "latency_rows": self.cfg.latency_rows,
+               "throughput_rows": self.cfg.throughput_rows}
+        if cache.is_file():
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                return cached["result"]
+        manifest = artifact.load(path, format="onnx")
+        metrics = classification_metrics(artifact_logits(path, texts).argmax(-1), labels, manifest["labels"])
+        result = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                  "file_mb": onnx_file_mb(path / "model.onnx"),
+                  **speed(path, texts, threads=self.cfg.threads, latency_rows=self.cfg.latency_rows,
+                          throughput_rows=self.cfg.throughput_rows, verify=False)}
+        cache.write_text(json.dumps({"key": key, "result": result}, indent=2) + "\n")
+        return result
+
+
+def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict[str, Any]:
+    path = search.path(node)
+    manifest = artifact.load(path, verify=False)
+    row: dict[str, Any] = {"name": node.name, "stage": node.stage, "format": manifest["format"],
+                           "parent": node.parent.name if node.parent else None, "path": str(path),
+                           "options": node.options, **search.profile(node)}
+    if measured:
+        row.update(measured)
+    else:
+        from compress.profile import weights_size
+
+        validation = (manifest.get("metrics") or {}).get("validation") or {}
+        row.update(accuracy=validation.get("accuracy"), macro_f1=validation.get("macro_f1"),
+                   file_mb=round(weights_size(path) / 1e6, 3))
+    return row
+
+
+def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: CompressConfig) -> Path:
+    """Search the grid, write the report and the chosen ONNX artifact at out/model; returns out."""
+    from tqdm.auto import tqdm
+
+    from compress.quantize import cpu_preset
+    from serve.runtime import default_threads
+    from slimship.data import load_data
+    from slimship.metrics import classification_metrics
+    from slimship.report import write_report
+
+    cfg.check()
+    teacher_dir, out = Path(teacher_dir).absolute(), Path(out)
+    teacher = artifact.load(teacher_dir, format="pytorch")
+    cfg.threads = cfg.threads or default_threads()
+    t = cfg.train
+    split = load_data(data, text_column=t.text_column, label_column=t.label_column, labels=teacher["labels"],
+                      validation_fraction=t.validation_fraction, seed=t.seed,
+                      splits=("validation",)).splits.get("validation")
+    if split is None:
+        raise UserError(f"{data}: compress needs validation rows to hold the accuracy budget to")
+    texts, labels = split.texts[:t.max_eval_rows], split.labels[:t.max_eval_rows]
+
+    teacher_layers = int(json.loads((teacher_dir / "config.json").read_text()).get("num_hidden_layers", 0))
+    nodes = plan(teacher_layers, cfg.grid)
+    measured_nodes = candidates(nodes, cfg.grid)
+    if not measured_nodes:
+        raise UserError("the grid yields no ONNX candidate to measure (check layers, prune and include_teacher)")
+    out.mkdir(parents=True, exist_ok=True)
+    search = Search(teacher_dir, data, out, cfg)
+    stage_log(f"compress {teacher_dir}: {len(nodes) - 1} stages, {len(measured_nodes)} candidates, budget "
+              f"{cfg.max_accuracy_drop:g} points, objective {cfg.objective}, {cfg.threads} threads")
+
+    # The teacher's accuracy on exactly these rows, through the same metric code.
+    from slimship.evaluate import artifact_logits
+
+    teacher_cache = out / "candidates" / "teacher.metrics.json"
+    if teacher_cache.is_file() and json.loads(teacher_cache.read_text()).get("rows") == len(texts):
+        teacher_metrics = json.loads(teacher_cache.read_text())["metrics"]
+    else:
+        teacher_metrics = classification_metrics(artifact_logits(teacher_dir, texts).argmax(-1), labels,
+                                                 teacher["labels"])
+        teacher_cache.parent.mkdir(parents=True, exist_ok=True)
+        teacher_cache.write_text(json.dumps({"rows": len(texts), "metrics": teacher_metrics}) + "\n")
+
+    rows = [{"name": "teacher", "stage": "teacher", "format": "pytorch", "parent": None, "path": str(teacher_dir),
+             "options": {}, **search.profile(nodes[0]), "accuracy": teacher_metrics["accuracy"],
+             "macro_f1": teacher_metrics["macro_f1"], "delta_points": 0.0,
+             "file_mb": round((teacher_dir / "model.safetensors").stat().st_size / 1e6, 3)}]
+    bar = tqdm(nodes[1:], desc="compress", unit="stage", disable=t.quiet, dynamic_ncols=True)
+    for i, node in enumerate(bar, start=1):
+        bar.set_postfix_str(node.name)
+        done = search.finished(search.path(node))
+        search.build(node)
+        measured = search.measure(node, texts, labels) if node in measured_nodes else None
+        row = row_for(search, node, measured)
+        row["delta_points"] = None if row["accuracy"] is None else \
+            round((row["accuracy"] - teacher_metrics["accuracy"]) * 100, 3)
+        rows.append(row)
+        speed_note = (f", p50 {row['latency_ms_p50']:.2f} ms, {row['throughput_rows_s']:.0f} rows/s @32"
+                      if measured else "")
+        acc_note = "" if row["accuracy"] is None else f"accuracy {row['accuracy'] * 100:.2f}% " \
+                                                       f"({row['delta_points']:+.2f} pt)"
+        stage_log(f"[{i}/{len(nodes) - 1}] {node.name}{' (reused)' if done else ''}: {acc_note}{speed_note}")
+    bar.close()
+
+    chosen = choose(rows, cfg)
+    report = {
+        "kind": "compress", "teacher": str(teacher_dir), "data": str(data), "validation_rows": len(texts),
+        "teacher_accuracy": teacher_metrics["accuracy"],
+        "budget": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "objective": cfg.objective},
+        "machine": {"threads": cfg.threads, "preset": cpu_preset()},
+        "grid": asdict(cfg.grid), "rows": rows, "chosen": chosen["name"] if chosen else None,
+    }
+    if chosen is None:
+        report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the teacher "
+                             f"({teacher_metrics['accuracy'] * 100:.2f}%); the best was "
+                             f"{best_accuracy_note(rows)}. Loosen --max-accuracy-drop or widen the grid.")
+        shutil.rmtree(out / "model", ignore_errors=True)   # a model from an earlier run would mislead
+        write_report(out, report)
+        raise BudgetNotMet(report["message"] + f" Report: {out / 'report.md'}")
+
+    chosen_dir = Path(chosen["path"])
+    source = artifact.load(chosen_dir, format="onnx")
+    with artifact.create(out / "model", "compress", format="onnx", parent=chosen_dir,
+                         config={"teacher": str(teacher_dir), "data": str(data), **report["budget"]}) as art:
+        for name in source["files"]:
+            shutil.copy(chosen_dir / name, art.dir / name)
+        for key in ("parity", "quantization", "optimize", "file_mb"):
+            if key in source:
+                art.manifest[key] = source[key]
+        art.manifest.update(labels=source["labels"], max_length=source["max_length"],
+                            metrics=source.get("metrics", {}), chosen=chosen["name"],
+                            chain=chain_of(nodes, chosen["name"]), parameters=chosen.get("parameters"),
+                            macs=chosen.get("macs"), teacher_accuracy=teacher_metrics["accuracy"],
+                            speed={k: chosen[k] for k in ("latency_ms_p50", "latency_ms_p95",
+                                                          "throughput_rows_s", "threads")})
+    report["model"] = str((out / "model").absolute())
+    write_report(out, report)
+    stage_log(f"chosen: {chosen['name']} ({chosen['delta_points']:+.2f} pt, {chosen['throughput_rows_s']:.0f} "
+              f"rows/s, p50 {chosen['latency_ms_p50']:.2f} ms, {chosen['file_mb']:.1f} MB) -> {out / 'model'}")
+    return out
+
+
+def choose(rows: list[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any] | None:
+    """Mark each measured row within the budget and on the Pareto front; return the fastest in budget."""
+    measured = [r for r in rows if r.get("throughput_rows_s") is not None]
+    for r in measured:
+        r["within_budget"] = -r["delta_points"] <= cfg.max_accuracy_drop + 1e-9
+        r["cost"] = cost(r, cfg.objective)
+    for r in measured:
+        r["pareto"] = not any(o["accuracy"] >= r["accuracy"] and o["cost"] <= r["cost"]
+                              and (o["accuracy"] > r["accuracy"] or o["cost"] < r["cost"]) for o in measured)
+    inside = [r for r in measured if r["within_budget"]]
+    best = min(inside, key=lambda r: (r["cost"], -r["accuracy"])) if inside else None
+    for r in rows:
+        r["chosen"] = r is best
+    return best
+
+
+def cost(row: dict[str, Any], objective: str) -> float:
+    """Milliseconds per row: batch-1 p50 latency, or the batch-32 time per row."""
+    if objective == "latency":
+        return float(row["latency_ms_p50"])
+    return 1000.0 / float(row["throughput_rows_s"])
+
+
+def best_accuracy_note(rows: list[dict[str, Any]]) -> str:
+    measured = [r for r in rows if r.get("throughput_rows_s") is not None]
+    if not measured:
+        return "nothing (no candidate was measured)"
+    best = max(measured, key=lambda r: r["accuracy"])
+    return f"{best['name']} at {best['accuracy'] * 100:.2f}% ({best['delta_points']:+.2f} pt)"
+
+
+def chain_of(nodes: list[Node], name: str) -> list[dict[str, Any]]:
+    node = next(n for n in nodes if n.name == name)
+    chain = []
+    while node is not None:
+        chain.append({"stage": node.stage, "name": node.name, "options": node.options})
+        node = node.parent
+    return chain[::-1]

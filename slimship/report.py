@@ -1,0 +1,167 @@
+"""The report of a pipeline or compression output: report.json, report.md and pareto.png.
+
+One row per stage or candidate: parameters, MACs, file MB, accuracy, macro-F1, Δ vs the teacher (points),
+latency p50/p95 at batch 1 and throughput at batch 32. ``pareto.png`` plots accuracy against time per row
+(batch-1 latency or batch-32 time per row, whichever the search optimised), with the Pareto front joined and
+the chosen point marked.
+
+    write_report("runs/compressed", report)      # report = {"rows": [...], "chosen": name, ...}
+    print(render_text(load_report("runs/compressed")))
+
+Torch-free (matplotlib is imported only to draw the plot).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slimship import UserError
+
+COLUMNS = [  # (key, header, format)
+    ("name", "candidate", "{}"),
+    ("stage", "stage", "{}"),
+    ("parameters", "params (M)", "{:.2f}"),
+    ("macs", "MACs (M)", "{:.0f}"),
+    ("file_mb", "MB", "{:.1f}"),
+    ("accuracy", "accuracy %", "{:.2f}"),
+    ("macro_f1", "macro-F1 %", "{:.2f}"),
+    ("delta_points", "Δ pt", "{:+.2f}"),
+    ("latency_ms_p50", "p50 ms (b1)", "{:.2f}"),
+    ("latency_ms_p95", "p95 ms (b1)", "{:.2f}"),
+    ("throughput_rows_s", "rows/s (b32)", "{:.0f}"),
+]
+SCALE = {"parameters": 1e-6, "macs": 1e-6, "accuracy": 100, "macro_f1": 100}
+
+
+def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "–"
+    if key in SCALE:
+        value = value * SCALE[key]
+    return fmt.format(value)
+
+
+def marks(row: dict[str, Any]) -> str:
+    tags = []
+    if row.get("chosen"):
+        tags.append("chosen")
+    if row.get("pareto"):
+        tags.append("pareto")
+    if row.get("within_budget") is False:
+        tags.append("over budget")
+    return ", ".join(tags)
+
+
+def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    headers = [h for _, h, _ in COLUMNS] + ["notes"]
+    body = [[cell(r, k, f) for k, _, f in COLUMNS] + [marks(r)] for r in report.get("rows", [])]
+    return headers, body
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    budget = report.get("budget") or {}
+    if "teacher_accuracy" in report:
+        lines.append(f"teacher accuracy {report['teacher_accuracy'] * 100:.2f}% on {report.get('validation_rows')} "
+                     f"validation rows of {report.get('data')}")
+    if budget:
+        lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} points below the teacher; "
+                     f"objective: {budget.get('objective')}")
+    machine = report.get("machine") or {}
+    if machine:
+        lines.append(f"measured with {machine.get('threads')} ONNX Runtime threads, INT8 preset "
+                     f"{machine.get('preset')}")
+    if report.get("chosen"):
+        lines.append(f"chosen: {report['chosen']}" + (f" -> {report['model']}" if report.get("model") else ""))
+    if report.get("message"):
+        lines.append(f"NOTE: {report['message']}")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    headers, body = table_rows(report)
+    title = report.get("title") or f"slimship {report.get('kind', 'pipeline')} report"
+    out = [f"# {title}", ""]
+    out += [f"- {line}" for line in summary_lines(report)]
+    out += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(row) + " |" for row in body]
+    out += ["", "Latency: batch 1, tokenization included; throughput: batch 32. Δ pt: accuracy points vs the "
+                "teacher on the same rows. ![accuracy vs time per row](pareto.png)", ""]
+    return "\n".join(out)
+
+
+def render_text(report: dict[str, Any]) -> str:
+    headers, body = table_rows(report)
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) if i < len(cells) - 1 else c
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    out = summary_lines(report) + ["", line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in body]
+    return "\n".join(out)
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objective = (report.get("budget") or {}).get("objective", "latency")
+    rows = [r for r in report.get("rows", []) if r.get("throughput_rows_s") and r.get("accuracy") is not None]
+    x_of = (lambda r: r["latency_ms_p50"]) if objective == "latency" else (lambda r: 1000 / r["throughput_rows_s"])
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    if rows:
+        ax.scatter([x_of(r) for r in rows], [r["accuracy"] * 100 for r in rows], color="tab:blue", s=22,
+                   label="candidates")
+        front = sorted((r for r in rows if r.get("pareto")), key=x_of)
+        if front:
+            ax.plot([x_of(r) for r in front], [r["accuracy"] * 100 for r in front], color="tab:orange",
+                    marker="o", ms=4, label="Pareto front")
+        for r in rows:
+            ax.annotate(r["name"], (x_of(r), r["accuracy"] * 100), fontsize=6, alpha=0.7,
+                        xytext=(3, 3), textcoords="offset points")
+        chosen = [r for r in rows if r.get("chosen")]
+        if chosen:
+            ax.scatter([x_of(chosen[0])], [chosen[0]["accuracy"] * 100], s=160, facecolors="none",
+                       edgecolors="red", linewidths=2, label=f"chosen: {chosen[0]['name']}")
+    if "teacher_accuracy" in report:
+        teacher = report["teacher_accuracy"] * 100
+        ax.axhline(teacher, color="gray", ls="--", lw=1, label="teacher")
+        drop = (report.get("budget") or {}).get("max_accuracy_drop_points")
+        if drop is not None:
+            ax.axhline(teacher - drop, color="red", ls=":", lw=1, label=f"budget (−{drop:g} pt)")
+    ax.set_xlabel("batch-1 p50 latency, ms" if objective == "latency" else "ms per row at batch 32")
+    ax.set_ylabel("validation accuracy, %")
+    ax.set_title("accuracy vs time per row")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any]) -> None:
+    """report.json, report.md and pareto.png in out_dir (each written to a temp name, then renamed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
+                       ("report.md", render_markdown(report))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+    tmp_png = out / ".pareto.tmp.png"
+    plot_pareto(report, tmp_png)
+    tmp_png.replace(out / "pareto.png")
+
+
+def load_report(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / "report.json"
+    if not path.is_file():
+        raise UserError(f"{out_dir}: no report.json here (run `slimship compress` or `slimship run` first)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
