@@ -102,6 +102,8 @@ def create(
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out} already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a writer that was killed mid-stage
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
