@@ -1,0 +1,355 @@
+"""The distill stage: knowledge distillation of a trained teacher artifact into a smaller student.
+
+    distill("runs/teacher", "data/", "runs/student", DistillConfig(layers=3)) -> Path("runs/student")
+
+The student is the teacher with only N of its layers kept (DistilBERT-style: embeddings, the kept layers, pooler
+and classifier copied), or a smaller model given with ``student`` (a config.json, a checkpoint dir or a built-in
+name). It learns from
+
+    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
+
+plus, with ``hidden_weight`` > 0, the mean squared difference of hidden states over a layer map (student layer i
+matched to the teacher layer it was copied from; TinyBERT/FastFormers style).
+
+The teacher's logits are computed once before training and carried with each example ("cache"), or computed in
+every training step ("online"). The teacher is frozen and runs without dropout, so both give the same targets;
+caching runs the teacher once in all, in length-sorted inference batches, instead of once per epoch inside the
+training loop -- faster on CPU (measured in bench/bench_compress_torch.py), hence the default. The hidden-state
+loss needs the teacher's hidden states of every batch, so it always runs the teacher online.
+
+Training reuses train/recipe.py: the same AMP, early stopping on the student's validation metric, checkpoints,
+resume and DDP as the train stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimship import UserError
+from slimship import manifest as artifact
+from slimship.manifest import stage_log
+from train import recipe
+from train.recipe import TokenizedDataset, TrainConfig
+
+TEACHER_LOGITS = ("cache", "online")
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    layers: int | list[int] = 3          # keep N teacher layers evenly spaced, or an explicit list of indices
+    student: str | None = None           # or a smaller config/checkpoint dir instead of layer-dropping
+    temperature: float = 2.0
+    alpha: float = 0.5
+    hidden_weight: float = 0.0           # intermediate-layer (hidden-state MSE) loss weight
+    teacher_logits: str = "cache"        # "cache" or "online"
+
+    def check(self) -> None:
+        super().check()
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be positive, not {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"--alpha must be in [0, 1], not {self.alpha}")
+        if self.hidden_weight < 0:
+            raise UserError(f"--hidden-weight must be 0 or more, not {self.hidden_weight}")
+        if self.teacher_logits not in TEACHER_LOGITS:
+            raise UserError(f"--teacher-logits must be one of {', '.join(TEACHER_LOGITS)}, not {self.teacher_logits!r}")
+
+
+# --- the student -----------------------------------------------------------------------------------------------
+
+
+def layer_indices(teacher_layers: int, layers: int | list[int]) -> list[int]:
+    """Which teacher layers the student keeps: N evenly spaced (always ending with the last), or a list."""
+    if isinstance(layers, int):
+        if not 1 <= layers <= teacher_layers:
+            raise UserError(f"--layers {layers}: the teacher has {teacher_layers} layers; keep 1 to {teacher_layers}")
+        # The i-th kept layer closes the i-th of N equal blocks, so the last layer (the one the classifier was
+        # trained on) is always kept: 6 -> 3 keeps [1, 3, 5].
+        return [math.floor((i + 1) * teacher_layers / layers + 0.5) - 1 for i in range(layers)]
+    indices = list(layers)
+    if not indices:
+        raise UserError("--layers: the list of layers to keep is empty")
+    bad = [i for i in indices if not 0 <= i < teacher_layers]
+    if bad:
+        raise UserError(f"--layers: index {bad[0]} is outside the teacher's layers 0..{teacher_layers - 1}")
+    if sorted(set(indices)) != indices:
+        raise UserError(f"--layers: indices must be increasing and distinct, got {indices}")
+    return indices
+
+
+def _encoder_blocks(model):
+    """(module holding the layer list, attribute name) for BERT-style and DistilBERT-style models."""
+    base = model.base_model
+    for holder_name in ("encoder", "transformer"):
+        holder = getattr(base, holder_name, None)
+        if holder is not None and hasattr(holder, "layer"):
+            return holder
+    raise UserError(f"layer dropping supports BERT/RoBERTa/DistilBERT-style encoders, not "
+                    f"{getattr(model.config, 'model_type', type(model).__name__)!r}; give a --student instead")
+
+
+def student_from_teacher(teacher, indices: list[int]):
+    """A copy of the teacher that keeps only the layers at ``indices`` (embeddings, pooler and head copied)."""
+    import torch
+
+    student = copy.deepcopy(teacher)  # deep-copies the config too, so the teacher's stays as it was
+    holder = _encoder_blocks(student)
+    holder.layer = torch.nn.ModuleList([holder.layer[i] for i in indices])
+    student.config.num_hidden_layers = len(indices)
+    for position, layer in enumerate(holder.layer):  # caches index attention modules by their new position
+        attention = getattr(getattr(layer, "attention", None), "self", None)
+        if attention is not None and hasattr(attention, "layer_idx"):
+            attention.layer_idx = position
+    return student
+
+
+def load_student(spec: str, labels: list[str], seed: int):
+    """A student from a config.json (randomly initialised), a checkpoint dir or a built-in model name."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from train.models import load_classifier
+
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".json":
+        import torch
+
+        try:
+            config = AutoConfig.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--student {spec}: not a model config ({e})") from None
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+        torch.manual_seed(seed)
+        return AutoModelForSequenceClassification.from_config(config)
+    return load_classifier(spec, labels, seed=seed)
+
+
+def hidden_layer_map(student_layers: int, teacher_layers: int, kept: list[int] | None) -> list[tuple[int, int]]:
+    """(student hidden-state index, teacher hidden-state index) pairs; index 0 is the embedding output."""
+    if kept is None:  # a separate student: spread its layers evenly over the teacher's
+        kept = [math.floor((i + 1) * teacher_layers / student_layers + 0.5) - 1 for i in range(student_layers)]
+    return [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(kept)]
+
+
+# --- the loss --------------------------------------------------------------------------------------------------
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(labels)."""
+    import torch.nn.functional as F
+
+    s, t = student_logits.float(), teacher_logits.float()
+    soft = F.kl_div(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1),
+                    log_target=True, reduction="batchmean") * temperature ** 2
+    return alpha * soft + (1.0 - alpha) * F.cross_entropy(s, labels)
+
+
+def hidden_mse(student_states, teacher_states, layer_map, attention_mask):
+    """Mean squared hidden-state difference over real (unpadded) tokens, averaged over the mapped layers."""
+    mask = attention_mask.unsqueeze(-1).float()
+    tokens = mask.sum().clamp(min=1.0)
+    total = 0.0
+    for s, t in layer_map:
+        diff = (student_states[s].float() - teacher_states[t].float()) ** 2
+        total = total + (diff.mean(-1, keepdim=True) * mask).sum() / tokens
+    return total / len(layer_map)
+
+
+@functools.cache
+def distill_trainer_class():
+    """The Trainer subclass to pass to recipe.build_trainer(trainer_class=...) (made lazily: transformers)."""
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        """The recipe's Trainer with a distillation loss; evaluation stays plain cross-entropy of the student."""
+
+        def __init__(self, *args, teacher=None, temperature: float = 2.0, alpha: float = 0.5,
+                     hidden_weight: float = 0.0, layer_map=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teacher = teacher
+            if teacher is not None:
+                self.teacher.to(self.args.device).eval()
+                for p in self.teacher.parameters():
+                    p.requires_grad_(False)
+            self.temperature, self.alpha = temperature, alpha
+            self.hidden_weight, self.layer_map = hidden_weight, layer_map
+            self.loss_parts: dict[str, float] = {}
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "teacher_logits" not in self._signature_columns:  # else the Trainer drops the cached logits
+                self._signature_columns.append("teacher_logits")
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
+            cached = inputs.pop("teacher_logits", None)
+            if not model.training:
+                outputs = model(**inputs)
+                return (outputs.loss, outputs) if return_outputs else outputs.loss
+            labels = inputs["labels"]
+            features = {k: v for k, v in inputs.items() if k != "labels"}
+            want_hidden = self.hidden_weight > 0
+            outputs = model(**features, output_hidden_states=want_hidden)
+            teacher_out = None
+            if cached is None or want_hidden:
+                with torch.no_grad():
+                    teacher_out = self.teacher(**features, output_hidden_states=want_hidden)
+            target = cached if cached is not None else teacher_out.logits
+            loss = kd_loss(outputs.logits, target, labels, self.temperature, self.alpha)
+            if want_hidden:
+                loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, teacher_out.hidden_states,
+                                                              self.layer_map, features["attention_mask"])
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillTrainer
+
+
+def trained_model(trainer):
+    """The trained model without accelerate's mixed-precision forward wrapper.
+
+    Under AMP the Trainer's model keeps running its forward in bf16/fp16 autocast after training; the saved
+    weights are fp32 and reload without it, so metrics of the artifact must come from the unwrapped model.
+    """
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
+class KDDataset(TokenizedDataset):
+    """Tokenized training rows that carry the teacher's logits (a plain list per row, so the collator stacks it)."""
+
+    def __init__(self, tokenizer, texts, labels, max_length, teacher_logits):
+        super().__init__(tokenizer, texts, labels, max_length)
+        self.teacher_logits = [row.tolist() for row in teacher_logits]
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        item["teacher_logits"] = self.teacher_logits[i]
+        return item
+
+
+def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str):
+    """The training set for distillation, with the teacher's logits cached when ``mode`` is "cache"."""
+    from train.stage import predict_logits
+
+    if mode != "cache":
+        return TokenizedDataset(tokenizer, texts, labels, cfg.max_length), None
+    started = time.time()
+    logits = predict_logits(teacher, tokenizer, texts, cfg.max_length, cfg.eval_batch_size)
+    seconds = round(time.time() - started, 2)
+    stage_log(f"cached the teacher's logits for {len(texts)} training rows in {seconds} s")
+    return KDDataset(tokenizer, texts, labels, cfg.max_length, logits), seconds
+
+
+# --- the stage -------------------------------------------------------------------------------------------------
+
+
+def _summary(metrics: dict | None) -> dict | None:
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]} if metrics else None
+
+
+def metric_delta(student: dict | None, teacher: dict | None) -> dict | None:
+    """Student minus teacher, in fractions (0.01 = one point)."""
+    if not student or not teacher:
+        return None
+    return {k: student[k] - teacher[k] for k in ("accuracy", "macro_f1")}
+
+
+def distill(teacher_dir, data, out, cfg: DistillConfig) -> Path:
+    from compress.profile import model_profile, weights_size
+    from train.stage import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
+
+    cfg.check()
+    out = Path(out)
+    teacher_manifest, teacher, tokenizer = load_pytorch_artifact(teacher_dir)
+    labels = teacher_manifest["labels"]
+    amp = recipe.resolve_amp(cfg.amp)
+    stage_log(f"AMP mode: {amp} (asked: {cfg.amp})")
+    loaded = load_stage_data(data, cfg, labels=labels)
+
+    teacher_layers = teacher.config.num_hidden_layers
+    if cfg.student:
+        student = load_student(cfg.student, labels, cfg.seed)
+        if student.config.vocab_size != teacher.config.vocab_size:
+            raise UserError(f"--student {cfg.student}: vocabulary of {student.config.vocab_size} tokens, the "
+                            f"teacher's has {teacher.config.vocab_size}; they must share the teacher's tokenizer")
+        kept, origin = None, {"student": cfg.student}
+    else:
+        kept = layer_indices(teacher_layers, cfg.layers)
+        student = student_from_teacher(teacher, kept)
+        origin = {"kept_layers": kept}
+    student_layers = student.config.num_hidden_layers
+    layer_map = hidden_layer_map(student_layers, teacher_layers, kept)
+    if cfg.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
+        raise UserError(f"--hidden-weight needs the student's hidden size ({student.config.hidden_size}) to equal "
+                        f"the teacher's ({teacher.config.hidden_size})")
+    mode = cfg.teacher_logits
+    if cfg.hidden_weight > 0 and mode == "cache":
+        stage_log("--hidden-weight > 0 needs the teacher's hidden states of every batch: running it online")
+        mode = "online"
+    stage_log(f"student: {student_layers} layers ({origin}) from a {teacher_layers}-layer teacher; "
+              f"teacher logits {mode}")
+
+    train_split = loaded.splits["train"]
+    train_set, cache_seconds = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode)
+    val = loaded.splits.get("validation")
+    eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
+    work_dir = work_dir_for(out)
+    trainer = recipe.build_trainer(
+        student, tokenizer, train_set, eval_set, cfg, work_dir, labels, amp,
+        trainer_class=distill_trainer_class(), teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha,
+        hidden_weight=cfg.hidden_weight, layer_map=layer_map)
+    outcome = recipe.run(trainer, cfg, work_dir)
+
+    if recipe.is_main_process():
+        student = trained_model(trainer)
+        teacher_metrics = evaluate_model(teacher, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+        metrics = evaluate_model(student, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+        teacher_profile = model_profile(teacher, cfg.max_length)
+        student_profile = model_profile(student, cfg.max_length)
+        delta = metric_delta(_summary(metrics.get("validation")), _summary(teacher_metrics.get("validation")))
+        config = {"teacher": str(teacher_dir), "data": str(data), **cfg.as_dict()}
+        with artifact.create(out, "distill", format="pytorch", parent=teacher_dir, config=config) as art:
+            save_model_artifact(art, student, tokenizer)
+            art.manifest.update(
+                labels=labels, max_length=cfg.max_length, metrics=metrics, amp=amp, early_stopping=outcome,
+                parameters=student_profile["parameters"], macs=student_profile["macs"],
+                file_size=weights_size(art.dir),
+                teacher={"path": str(Path(teacher_dir).absolute()), "metrics": teacher_metrics, **teacher_profile,
+                         "layers": teacher_layers},
+                student={"layers": student_layers, **origin, **student_profile},
+                delta={"validation": delta} if delta else None,
+                distillation={"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight,
+                              "teacher_logits": mode, "teacher_logits_seconds": cache_seconds,
+                              "layer_map": layer_map if cfg.hidden_weight > 0 else None},
+                data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
+                      for name, s in loaded.splits.items()},
+            )
+        recipe.print_summary(f"distilled {out}", outcome, amp, metrics.get("validation"))
+        print(compare_lines("teacher", teacher_profile, teacher_metrics.get("validation"),
+                            "student", student_profile, metrics.get("validation")), flush=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    recipe.finish_distributed()
+    return out
+
+
+def compare_lines(name_a: str, profile_a: dict, metrics_a: dict | None,
+                  name_b: str, profile_b: dict, metrics_b: dict | None) -> str:
+    """Two models side by side: parameters, MACs and validation accuracy, with the ratio / difference."""
+    def acc(m):
+        return f"{m['accuracy'] * 100:.2f}%" if m else "n/a"
+
+    lines = [f"  {'':<10}{'parameters':>14}{'MACs/row':>16}{'accuracy':>11}"]
+    for name, p, m in ((name_a, profile_a, metrics_a), (name_b, profile_b, metrics_b)):
+        lines.append(f"  {name:<10}{p['parameters']:>14,}{p['macs']:>16,}{acc(m):>11}")
+    ratio_p = profile_b["parameters"] / max(1, profile_a["parameters"])
+    ratio_m = profile_b["macs"] / max(1, profile_a["macs"])
+    diff = f"{(metrics_b['accuracy'] - metrics_a['accuracy']) * 100:+.2f} pt" if metrics_a and metrics_b else "n/a"
+    lines.append(f"  {name_b + '/' + name_a:<10}{ratio_p:>14.2f}{ratio_m:>16.2f}{diff:>11}")
+    return "\n".join(lines)

@@ -1,0 +1,424 @@
+"""The prune stage: structured pruning of attention heads, FFN channels and the hidden size, then recovery.
+
+    prune("runs/student", "data/", "runs/pruned", PruneConfig(heads=1/3, ffn=0.5)) -> Path("runs/pruned")
+
+torch-pruning's dependency graph finds everything that must shrink together with a channel (query/key/value
+with the attention output, the residual stream through every LayerNorm, the pooler, ...). We pick the channels
+ourselves, uniformly per layer, so the result is still an ordinary BERT that a plain ``from_pretrained`` rebuilds:
+
+- heads: every layer loses the same number of heads, chosen per layer by importance. The config keeps one head
+  "slot" per ``head_dim`` of the hidden size and lists the removed slots in ``pruned_heads``, which transformers
+  applies when it builds the model, so heads and hidden size can be pruned independently.
+- FFN: every layer loses the same number of intermediate channels.
+- hidden: the residual stream (embeddings, every layer's outputs and LayerNorms, the pooler) loses whole
+  multiples of ``head_dim`` channels, so ``hidden_size / head_dim`` stays an integer.
+
+Importance is magnitude (L2 of the weights touching a channel) or first-order Taylor (|w * dL/dw|, gradients
+from a few training batches). With ``steps`` > 1 the ratios are reached in K equal steps, with recovery
+fine-tuning after each (knowledge distillation from ``teacher_dir`` when given, else plain fine-tuning).
+
+Resumable: each step's pruned and recovered models are saved in the work dir; ``resume`` continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimship import UserError
+from slimship import manifest as artifact
+from slimship.manifest import stage_log
+from train.recipe import TrainConfig
+
+IMPORTANCE = ("taylor", "magnitude")
+
+
+@dataclass
+class PruneConfig(TrainConfig):
+    heads: float = 0.0              # fraction of attention heads removed per layer
+    ffn: float = 0.0                # fraction of FFN intermediate channels removed per layer
+    hidden: float = 0.0             # fraction of the hidden size removed (in whole multiples of head_dim)
+    importance: str = "taylor"      # or "magnitude"
+    steps: int = 1                  # iterative pruning in K steps, recovery after each
+    recovery_epochs: float = 1.0    # fine-tuning epochs in all, shared evenly by the steps; 0 for none
+    importance_batches: int = 8     # training batches whose gradients give the Taylor importance
+    temperature: float = 2.0        # knowledge distillation during recovery, when a teacher is given
+    alpha: float = 0.5
+
+    def check(self) -> None:
+        if self.recovery_epochs > 0:
+            super().check()
+        for name in ("heads", "ffn", "hidden"):
+            ratio = getattr(self, name)
+            if not 0.0 <= ratio < 1.0:
+                raise UserError(f"--{name} must be a fraction in [0, 1), not {ratio}")
+        if not (self.heads or self.ffn or self.hidden):
+            raise UserError("nothing to prune: give at least one of --heads, --ffn, --hidden above 0")
+        if self.importance not in IMPORTANCE:
+            raise UserError(f"--importance must be one of {', '.join(IMPORTANCE)}, not {self.importance!r}")
+        if self.steps < 1:
+            raise UserError("--steps must be at least 1")
+        if self.recovery_epochs < 0:
+            raise UserError("--recovery-epochs must be 0 (no recovery) or more")
+        if self.importance_batches < 1:
+            raise UserError("--importance-batches must be at least 1")
+
+
+# --- the shape of a BERT-style encoder ----------------------------------------------------------------------
+
+
+def encoder_layers(model) -> list:
+    """The encoder blocks of a BERT-style model, or a UserError naming what is supported."""
+    base = getattr(model, "base_model", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(layers[0], "intermediate") or not hasattr(layers[0].attention, "self"):
+        raise UserError(f"pruning supports BERT-style encoders (bert, roberta, electra, ...); this model is "
+                        f"{getattr(model.config, 'model_type', type(model).__name__)!r}")
+    return list(layers)
+
+
+@dataclass
+class Shape:
+    """The uniform per-layer shape of a (possibly already pruned) BERT."""
+
+    hidden: int
+    heads: int          # heads actually present per layer
+    head_dim: int
+    ffn: int
+
+    @classmethod
+    def of(cls, model) -> "Shape":
+        first = encoder_layers(model)[0]
+        attention = first.attention.self
+        return cls(hidden=model.base_model.embeddings.word_embeddings.embedding_dim,
+                   heads=attention.num_attention_heads, head_dim=attention.attention_head_size,
+                   ffn=first.intermediate.dense.out_features)
+
+
+@dataclass
+class Removal:
+    """How much one pruning step removes: heads and FFN channels per layer, hidden channels in all."""
+
+    heads: int = 0
+    ffn: int = 0
+    hidden: int = 0
+
+
+def plan(shape: Shape, cfg: PruneConfig) -> Removal:
+    """Turn ratios into whole heads / channels, refusing ratios the result could not be built from."""
+    heads = round(cfg.heads * shape.heads)
+    ffn = round(cfg.ffn * shape.ffn)
+    slots = shape.hidden // shape.head_dim
+    hidden_slots = round(cfg.hidden * slots)
+    if cfg.heads and heads == 0:
+        raise UserError(f"--heads {cfg.heads:g} removes no head of {shape.heads} (the smallest step is "
+                        f"{1 / shape.heads:.3g})")
+    if heads >= shape.heads:
+        raise UserError(f"--heads {cfg.heads:g} would leave no attention head of {shape.heads} per layer")
+    if cfg.ffn and ffn == 0:
+        raise UserError(f"--ffn {cfg.ffn:g} removes no channel of {shape.ffn}")
+    if ffn >= shape.ffn:
+        raise UserError(f"--ffn {cfg.ffn:g} would leave no FFN channel of {shape.ffn} per layer")
+    if cfg.hidden and hidden_slots == 0:
+        raise UserError(f"--hidden {cfg.hidden:g} removes nothing: the hidden size {shape.hidden} is pruned in "
+                        f"whole multiples of the head size {shape.head_dim} (the smallest step is {1 / slots:.3g})")
+    if hidden_slots >= slots:
+        raise UserError(f"--hidden {cfg.hidden:g} would leave no hidden channel of {shape.hidden}")
+    kept_slots, kept_heads = slots - hidden_slots, shape.heads - heads
+    if kept_heads > kept_slots:
+        raise UserError(
+            f"--hidden {cfg.hidden:g} leaves hidden size {kept_slots * shape.head_dim}, room for {kept_slots} heads "
+            f"of size {shape.head_dim}, but {kept_heads} heads are kept: a BERT config cannot describe that. "
+            f"Prune at least {shape.heads - kept_slots} heads (--heads {(shape.heads - kept_slots) / shape.heads:.3g}) "
+            f"or less hidden size")
+    return Removal(heads=heads, ffn=ffn, hidden=hidden_slots * shape.head_dim)
+
+
+def step_removals(total: Removal, steps: int, head_dim: int) -> list[Removal]:
+    """Split a removal into K steps whose running totals follow k/K of the target (hidden in head_dim units)."""
+    def share(amount: int, k: int, unit: int = 1) -> int:
+        units = amount // unit
+        return (math.floor(units * k / steps + 0.5) - math.floor(units * (k - 1) / steps + 0.5)) * unit
+
+    return [Removal(heads=share(total.heads, k), ffn=share(total.ffn, k), hidden=share(total.hidden, k, head_dim))
+            for k in range(1, steps + 1)]
+
+
+# --- one pruning step with torch-pruning ---------------------------------------------------------------------
+
+
+def _importance(kind: str):
+    import torch_pruning as tp
+
+    return tp.importance.GroupTaylorImportance() if kind == "taylor" else tp.importance.GroupMagnitudeImportance(p=2)
+
+
+def accumulate_gradients(model, batches: list[dict]) -> None:
+    """Gradients of the classification loss summed over a few batches (for Taylor importance); dropout off."""
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for batch in batches:
+        model(**batch).loss.backward()
+
+
+def _lowest(scores, count: int) -> list[int]:
+    import torch
+
+    return sorted(torch.argsort(scores.float(), stable=True)[:count].tolist()) if count else []
+
+
+def prune_step(model, removal: Removal, importance: str, batches: list[dict], max_length: int) -> None:
+    """Remove ``removal`` from ``model`` in place, the least important channels first; then fix its config."""
+    import torch
+    import torch_pruning as tp
+
+    from compress.profile import example_inputs
+
+    shape = Shape.of(model)
+    if importance == "taylor":
+        accumulate_gradients(model, batches)
+    scorer = _importance(importance)
+    model.eval()
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example_inputs(model, min(16, max_length)),
+        output_transform=lambda out: out.logits.sum())
+
+    def scores(module, prune_fn, channels: int):
+        group = graph.get_pruning_group(module, prune_fn, idxs=list(range(channels)))
+        with torch.no_grad():
+            return scorer(group)
+
+    def remove(module, prune_fn, idxs: list[int]) -> None:
+        group = graph.get_pruning_group(module, prune_fn, idxs=idxs)
+        if not graph.check_pruning_group(group):
+            raise RuntimeError(f"torch-pruning refused to prune {idxs[:5]}... of {module}")
+        group.prune()
+
+    base = model.base_model
+    if removal.hidden:
+        embeddings = base.embeddings.word_embeddings
+        remove(embeddings, tp.prune_embedding_out_channels,
+               _lowest(scores(embeddings, tp.prune_embedding_out_channels, shape.hidden), removal.hidden))
+        pooler = getattr(getattr(base, "pooler", None), "dense", None)
+        if pooler is not None:  # the pooler's output feeds only the classifier; keep it as wide as the rest
+            remove(pooler, tp.prune_linear_out_channels,
+                   _lowest(scores(pooler, tp.prune_linear_out_channels, pooler.out_features), removal.hidden))
+    for layer in encoder_layers(model):
+        if removal.heads:
+            out = layer.attention.output.dense
+            per_head = scores(out, tp.prune_linear_in_channels, out.in_features).view(shape.heads, -1).sum(1)
+            idxs = [h * shape.head_dim + d for h in _lowest(per_head, removal.heads) for d in range(shape.head_dim)]
+            remove(out, tp.prune_linear_in_channels, idxs)
+        if removal.ffn:
+            dense = layer.intermediate.dense
+            remove(dense, tp.prune_linear_out_channels,
+                   _lowest(scores(dense, tp.prune_linear_out_channels, shape.ffn), removal.ffn))
+    model.zero_grad(set_to_none=True)
+    update_config(model, shape.head_dim)
+
+
+def update_config(model, head_dim: int) -> None:
+    """Make the attention modules and the config describe the pruned shapes, so from_pretrained rebuilds them."""
+    layers = encoder_layers(model)
+    config = model.config
+    hidden = model.base_model.embeddings.word_embeddings.embedding_dim
+    for layer in layers:
+        attention = layer.attention.self
+        attention.num_attention_heads = attention.query.out_features // head_dim
+        attention.attention_head_size = head_dim
+        attention.all_head_size = attention.query.out_features
+    heads = {layer.attention.self.num_attention_heads for layer in layers}
+    ffn = {layer.intermediate.dense.out_features for layer in layers}
+    if len(heads) != 1 or len(ffn) != 1:
+        raise RuntimeError(f"pruning left non-uniform layers (heads {heads}, FFN {ffn})")
+    kept = heads.pop()
+    slots = hidden // head_dim
+    config.hidden_size = hidden
+    config.intermediate_size = ffn.pop()
+    config.num_attention_heads = slots
+    config.pruned_heads = {i: list(range(kept, slots)) for i in range(len(layers))} if kept < slots else {}
+
+
+def reload_difference(model, inputs: dict) -> float:
+    """Save, reload with plain from_pretrained, and return the largest |logit difference| (should be ~0)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        model.save_pretrained(tmp, safe_serialization=True)
+        reloaded = AutoModelForSequenceClassification.from_pretrained(tmp).eval()
+        return float((model(**inputs).logits - reloaded(**inputs).logits).abs().max())
+
+
+# --- the stage -------------------------------------------------------------------------------------------------
+
+
+def importance_batches(tokenizer, texts: list[str], labels: list[int], cfg: PruneConfig) -> list[dict]:
+    """A few shuffled training batches (padded, with labels) for the Taylor importance's gradients."""
+    import random
+
+    import torch
+
+    order = list(range(len(texts)))
+    random.Random(cfg.seed).shuffle(order)
+    order = order[:cfg.importance_batches * cfg.batch_size]
+    batches = []
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=cfg.max_length, padding=True,
+                          return_tensors="pt")
+        batch["labels"] = torch.tensor([labels[i] for i in idx])
+        batches.append(dict(batch))
+    return batches
+
+
+def _summary(metrics: dict) -> dict | None:
+    validation = metrics.get("validation")
+    return {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"]} if validation else None
+
+
+def _load_model(path: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(path))
+
+
+def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
+    """Prune a PyTorch artifact's model in ``cfg.steps`` steps with recovery, and write a PyTorch artifact."""
+    from compress.distill import distill_trainer_class, kd_train_set, metric_delta, trained_model
+    from compress.profile import example_inputs, model_profile, weights_size
+    from train import recipe
+    from train.recipe import TokenizedDataset
+    from train.stage import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
+
+    cfg.check()
+    out = Path(out)
+    source, model, tokenizer = load_pytorch_artifact(model_dir)
+    labels = source["labels"]
+    teacher = None
+    if teacher_dir is not None:
+        teacher_manifest, teacher, _ = load_pytorch_artifact(teacher_dir)
+        if teacher_manifest["labels"] != labels:
+            raise UserError(f"--teacher {teacher_dir}: labels {teacher_manifest['labels']} differ from the "
+                            f"model's {labels}")
+    start_shape = Shape.of(model)
+    removals = step_removals(plan(start_shape, cfg), cfg.steps, start_shape.head_dim)
+    amp = recipe.resolve_amp(cfg.amp) if cfg.recovery_epochs > 0 else "off"
+    loaded = load_stage_data(data, cfg, labels=labels)
+    train_split = loaded.splits["train"]
+    val = loaded.splits.get("validation")
+
+    work = work_dir_for(out)
+    if work.exists() and not cfg.resume:
+        stage_log(f"discarding an earlier run's work in {work} (use --resume to continue one)")
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    before_profile = model_profile(model, cfg.max_length)
+    before = evaluate_model(model, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+    stage_log(f"before pruning: {_summary(before)}; shape {start_shape}")
+    batches = importance_batches(tokenizer, train_split.texts, train_split.labels, cfg)
+
+    recovery_cfg = None
+    train_set = eval_set = None
+    if cfg.recovery_epochs > 0:
+        from dataclasses import replace
+
+        recovery_cfg = replace(cfg, epochs=cfg.recovery_epochs / cfg.steps, max_steps=-1)
+        mode = "cache" if teacher is not None else None
+        if teacher is not None:
+            train_set, _ = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode)
+        else:
+            train_set = TokenizedDataset(tokenizer, train_split.texts, train_split.labels, cfg.max_length)
+        eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
+
+    history: list[dict[str, Any]] = []
+    outcomes = []
+    for k, removal in enumerate(removals, start=1):
+        step_dir = work / f"step-{k}"
+        record_file = step_dir / "step.json"
+        if (step_dir / "recovered").is_dir() and record_file.is_file():   # finished before a crash
+            model = _load_model(step_dir / "recovered")
+            history.append(json.loads(record_file.read_text()))
+            stage_log(f"step {k}/{cfg.steps}: done in an earlier run, resumed from {step_dir / 'recovered'}")
+            continue
+        if (step_dir / "pruned").is_dir() and (step_dir / "pruned.json").is_file():
+            model = _load_model(step_dir / "pruned")
+            record = json.loads((step_dir / "pruned.json").read_text())
+        else:
+            prune_step(model, removal, cfg.importance, batches, cfg.max_length)
+            record = {"step": k, "removed": removal.__dict__, "shape": Shape.of(model).__dict__,
+                      "after_pruning": _summary(evaluate_model(model, tokenizer, loaded, cfg.max_length,
+                                                               cfg.eval_batch_size))}
+            model.save_pretrained(step_dir / "pruned", safe_serialization=True)
+            (step_dir / "pruned.json").write_text(json.dumps(record))
+        stage_log(f"step {k}/{cfg.steps}: pruned to {record['shape']}; validation {record['after_pruning']}")
+        if recovery_cfg is not None:
+            trainer_class = distill_trainer_class() if teacher is not None else None
+            extra = dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha) if teacher is not None else {}
+            trainer = recipe.build_trainer(model, tokenizer, train_set, eval_set, recovery_cfg, step_dir / "trainer",
+                                           labels, amp, trainer_class=trainer_class, **extra)
+            outcome = recipe.run(trainer, recovery_cfg, step_dir / "trainer")
+            model = trained_model(trainer)
+            record["recovery"] = {k2: outcome[k2] for k2 in ("epochs_run", "steps", "stopped_early", "best_metric",
+                                                             "train_loss", "train_seconds")}
+            record["after_recovery"] = _summary(evaluate_model(model, tokenizer, loaded, cfg.max_length,
+                                                               cfg.eval_batch_size))
+            outcomes.append(outcome)
+            stage_log(f"step {k}/{cfg.steps}: after recovery {record['after_recovery']}")
+        model.save_pretrained(step_dir / "recovered", safe_serialization=True)
+        record_file.write_text(json.dumps(record))
+        history.append(record)
+
+    model.eval()
+    metrics = evaluate_model(model, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+    after_profile = model_profile(model, cfg.max_length)
+    probe = example_inputs(model, min(32, cfg.max_length), batch_size=2)
+    reload_diff = reload_difference(model, probe)
+    if reload_diff > 1e-4:
+        raise RuntimeError(f"the pruned model does not reload faithfully (max |logit diff| {reload_diff})")
+    config = {"model": str(model_dir), "data": str(data), "teacher": str(teacher_dir) if teacher_dir else None,
+              **cfg.as_dict()}
+    with artifact.create(out, "prune", format="pytorch", parent=model_dir, config=config) as art:
+        save_model_artifact(art, model, tokenizer)
+        art.manifest.update(
+            labels=labels, max_length=cfg.max_length, metrics=metrics, amp=amp,
+            parameters=after_profile["parameters"], macs=after_profile["macs"], file_size=weights_size(art.dir),
+            before={**before_profile, "file_size": weights_size(model_dir), "shape": start_shape.__dict__,
+                    "metrics": _summary(before)},
+            after={**after_profile, "shape": Shape.of(model).__dict__},
+            pruning={"heads": cfg.heads, "ffn": cfg.ffn, "hidden": cfg.hidden, "importance": cfg.importance,
+                     "steps": history, "teacher": str(Path(teacher_dir).absolute()) if teacher_dir else None,
+                     "reload_max_abs_diff": reload_diff},
+            # the three points the issue asks for: the input, right after (the last) pruning, after recovery
+            validation_trace={"before": _summary(before), "after_pruning": history[-1]["after_pruning"],
+                              "after_recovery": history[-1].get("after_recovery")},
+            delta={"validation": metric_delta(_summary(metrics), _summary(before))},
+            early_stopping=outcomes[-1] if outcomes else None,
+            data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
+                  for name, s in loaded.splits.items()},
+        )
+    print_prune_summary(out, before_profile, _summary(before), history, after_profile, _summary(metrics))
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def print_prune_summary(out, before_profile, before, history, after_profile, after) -> None:
+    def acc(m):
+        return f"{m['accuracy'] * 100:.2f}%" if m else "n/a"
+
+    lines = [f"== pruned {out} ==",
+             f"  before          {acc(before)}  {before_profile['parameters']:,} params  "
+             f"{before_profile['macs']:,} MACs/row"]
+    for record in history:
+        lines.append(f"  step {record['step']}          pruned {acc(record['after_pruning'])}  "
+                     f"recovered {acc(record.get('after_recovery'))}  shape {record['shape']}")
+    lines.append(f"  after           {acc(after)}  {after_profile['parameters']:,} params  "
+                 f"{after_profile['macs']:,} MACs/row ({after_profile['macs'] / max(1, before_profile['macs']):.2f}x)")
+    print("\n".join(lines), flush=True)
