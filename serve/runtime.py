@@ -43,7 +43,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Classifier:
     """A verified ONNX artifact ready to classify text."""
 
-    def __init__(self, artifact_dir: str | Path, *, threads: int | None = None, verify: bool = True):
+    def __init__(self, artifact_dir: str | Path, *, threads: int | None = None, verify: bool = True,
+                 spinning: bool = True):
+        """``threads``: ONNX Runtime intra-op threads (default: SLIMSHIP_THREADS, else every core).
+        ``spinning=False`` lets idle ORT threads sleep instead of busy-waiting: a server sharing its cores with
+        an event loop wants that; a batch job that keeps ORT busy does not."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -65,6 +69,8 @@ class Classifier:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path / MODEL_FILE), options,
                                             providers=self.providers(ort))
         self.input_names = [i.name for i in self.session.get_inputs()]

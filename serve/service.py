@@ -1,0 +1,154 @@
+"""The HTTP service: a BentoML 1.4 service over an ONNX artifact from the BentoML model store.
+
+    bentoml serve serve.service:Classify          # the model tag comes from SLIMSHIP_MODEL
+    slimship serve --model runs/demo/model        # imports the artifact, then the same
+
+Endpoints
+  POST /classify   {"texts": ["...", ...], "probs": false} -> [{"label": ..., "score": ...(, "probs": {...})}, ...]
+                   one result per text, in order; requests are batched together adaptively (serve/batcher.py)
+  GET  /metadata   model name, version, labels, max_length, sha256, metrics (from the manifest), settings
+  GET  /livez, /readyz (ready only after the warm-up inference), /metrics (Prometheus), / and /docs.json (OpenAPI)
+
+Input rules (all answered with a 4xx JSON error, and the server keeps serving):
+  - body not JSON / not UTF-8, "texts" missing, not a list of strings, or an empty list: 400
+  - more than SLIMSHIP_MAX_TEXTS texts (default 256), or a text longer than SLIMSHIP_MAX_TEXT_CHARS characters
+    (default 10,000): 400. Within that limit, tokens beyond the model's max_length are truncated.
+  - an empty string "" is an error (400): it carries no evidence, and any label returned for it would be the
+    model's bias, not a prediction. Whitespace-only text is classified like any other text.
+  - body larger than SLIMSHIP_MAX_BODY_BYTES (default 1,000,000): 413
+Overload: a request whose predicted queue wait exceeds SLIMSHIP_MAX_LATENCY_MS (default 500), or that would grow
+the queue past SLIMSHIP_MAX_QUEUE texts, gets 503 at once with a Retry-After header.
+
+Settings (environment variables, defaults chosen from the CPU count): see serve/settings.py and docs/SERVING.md.
+This module imports only bentoml, onnxruntime, tokenizers, numpy and slimship's torch-free modules.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Annotated, Optional
+
+import bentoml
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serve.batcher import AdaptiveBatcher, Overloaded
+from serve.limits import BodySizeLimit
+from serve.runtime import Classifier
+from serve.settings import ServeSettings
+from slimship import __version__
+from slimship import manifest as artifact
+from slimship.manifest import manifest_digest
+
+SETTINGS = ServeSettings.from_env()
+MODEL = bentoml.models.BentoModel(SETTINGS.model)
+
+
+def check_model() -> None:
+    """Refuse to start on a missing, incomplete or tampered model, in the process that runs `bentoml serve` (or
+    `bentoml build`): a failure inside a worker would only make the supervisor restart it again and again."""
+    stored = MODEL.stored
+    if stored is None:
+        raise artifact.ArtifactError(
+            f"model {SETTINGS.model} is not in the BentoML model store (BENTOML_HOME="
+            f"{os.environ.get('BENTOML_HOME', '~/bentoml')}); import it with `slimship serve --model DIR` or "
+            "`slimship build --model DIR`, or set SLIMSHIP_MODEL to a stored tag")
+    artifact.load(stored.path, format="onnx")  # verifies every file's sha256
+
+
+check_model()
+
+Text = Annotated[str, Field(min_length=1, max_length=SETTINGS.max_text_chars)]
+Texts = Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_texts)]
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(description="probability of the predicted label")
+    probs: Optional[dict[str, float]] = Field(None, description="every label's probability (only when asked)")
+
+
+WARMUP_TEXTS = ["a short sentence", "a somewhat longer sentence to warm up the attention for longer inputs " * 8]
+
+
+@bentoml.service(
+    name="slimship",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+    logging={"access": {"enabled": False}},   # one log line per request costs more CPU than the inference
+)
+class Classify:
+    model = MODEL
+
+    def __init__(self) -> None:
+        stored = self.model  # resolved from the model store: the exact version a bento pins
+        # verify=True: every file's sha256 is checked against the manifest; a tampered model refuses to start.
+        self.classifier = Classifier(stored.path, threads=SETTINGS.threads, spinning=False)
+        self.model_tag = str(stored.tag)
+        self.batcher = AdaptiveBatcher(self.classifier.logits, max_batch_size=SETTINGS.max_batch_size,
+                                       max_latency_ms=SETTINGS.max_latency_ms, max_queue=SETTINGS.max_queue)
+        self.metadata_doc = {
+            "model": stored.tag.name,
+            "version": stored.tag.version,
+            "labels": self.classifier.labels,
+            "max_length": self.classifier.max_length,
+            "sha256": manifest_digest(stored.path),
+            "kind": self.classifier.manifest.get("kind"),
+            "metrics": self.classifier.manifest.get("metrics", {}),
+            "created": self.classifier.manifest.get("created"),
+            "slimship": __version__,
+            "settings": SETTINGS.as_dict(),
+        }
+        self.ready = False
+        threading.Thread(target=self._warm_up, name="slimship-warmup", daemon=True).start()
+        _SERVICE[0] = self
+
+    def _warm_up(self) -> None:
+        """First inferences allocate ORT's buffers; measure the cost per text for the batcher's admission."""
+        deadline = time.monotonic() + SETTINGS.warmup_s
+        while True:
+            for size in (1, SETTINGS.max_batch_size):
+                texts = (WARMUP_TEXTS * size)[:size]
+                start = time.perf_counter()
+                self.classifier.logits(texts)
+                per_text = (time.perf_counter() - start) / size
+            self.batcher.seconds_per_text = per_text
+            if time.monotonic() >= deadline:
+                break
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @bentoml.api(route="/classify")
+    async def classify(self, texts: Texts, probs: bool = False) -> list[Prediction]:
+        """Classify texts: one {"label", "score"} per text, in order; with "probs": true also every label's
+        probability. Concurrent requests share batches."""
+        try:
+            logits = await self.batcher.submit(texts)
+        except Overloaded as e:
+            return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": str(e.retry_after)})
+        return JSONResponse(self.classifier.results(logits, probs))
+
+    @bentoml.on_shutdown
+    async def drain(self) -> None:
+        await self.batcher.drain()
+
+
+_SERVICE: list[Optional[Classify]] = [None]  # the worker's instance, for the plain GET route below
+
+
+async def metadata(request: Request) -> JSONResponse:
+    service = _SERVICE[0]
+    if service is None:
+        return JSONResponse({"error": "service is starting"}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(service.metadata_doc)
+
+
+Classify.mount_asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
+Classify.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)

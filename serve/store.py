@@ -1,0 +1,91 @@
+"""Put an ONNX artifact into the BentoML model store, and build the bento that serves it.
+
+    import_artifact("runs/demo/model")  -> "slimship-classifier:3f2a9c0d1e4b5a69"
+    build_bento("runs/demo/model")      -> "slimship:<version>"
+
+The model's version is the first 16 hex digits of the artifact's manifest sha256, so importing the same artifact
+twice reuses the stored copy, and a different artifact can never hide behind the same tag. The stored copy keeps
+the artifact's layout (manifest.json included), so the service verifies every file's digest when it loads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from slimship import UserError
+from slimship import manifest as artifact
+from slimship.manifest import stage_log
+
+MODEL_NAME = "slimship-classifier"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BENTOFILE = PROJECT_ROOT / "bentofile.yaml"
+
+
+def model_tag_for(model_dir: str | Path, name: str = MODEL_NAME) -> str:
+    return f"{name}:{artifact.manifest_digest(model_dir)[:16]}"
+
+
+def import_artifact(model_dir: str | Path, name: str = MODEL_NAME) -> str:
+    """Verify an ONNX artifact and copy it into the model store (once); return its model tag."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    manifest = artifact.load(model_dir, format="onnx")  # refuses a tampered or incomplete artifact
+    tag = model_tag_for(model_dir, name)
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound:
+        stored = None
+    if stored is not None:
+        try:
+            artifact.verify_files(Path(stored.path), manifest)
+            return tag
+        except artifact.ArtifactError:  # the stored copy was damaged: replace it
+            stage_log(f"stored model {tag} does not match its manifest; importing it again")
+            bentoml.models.delete(tag)
+    metadata = {"labels": manifest["labels"], "max_length": manifest["max_length"], "kind": manifest.get("kind"),
+                "manifest_sha256": artifact.manifest_digest(model_dir), "metrics": manifest.get("metrics", {}),
+                "source": str(Path(model_dir).absolute())}
+    with bentoml.models.create(tag, labels={"framework": "onnx", "slimship": "classifier"},
+                               metadata=metadata) as model:
+        for relative in [*manifest["files"], artifact.MANIFEST]:
+            target = Path(model.path) / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(model_dir) / relative, target)
+    artifact.load(bentoml.models.get(tag).path, format="onnx")  # the stored copy is complete and intact
+    stage_log(f"imported {model_dir} into the BentoML model store as {tag}")
+    return tag
+
+
+@contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def build_bento(model_dir: str | Path, *, name: str = MODEL_NAME, version: str | None = None) -> str:
+    """Import the artifact and build a bento (bentofile.yaml) that pins exactly that model; return the bento tag.
+
+    The service reads its model tag from SLIMSHIP_MODEL when BentoML imports it during the build, so the bento
+    records (and packs) that exact model version; inside the bento the tag resolves to the packed copy.
+    """
+    import bentoml
+
+    if not BENTOFILE.is_file():
+        raise UserError(f"{BENTOFILE} not found: `slimship build` needs the project's bentofile.yaml")
+    tag = import_artifact(model_dir, name)
+    with _env(SLIMSHIP_MODEL=tag):
+        bento = bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(PROJECT_ROOT), version=version)
+    stage_log(f"built bento {bento.tag} with model {tag} at {bento.path}")
+    return str(bento.tag)

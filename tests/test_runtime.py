@@ -1,0 +1,142 @@
+"""serve/runtime.py (the one inference path), the adaptive batcher, and the model-store import, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve.batcher import AdaptiveBatcher, Overloaded
+from serve.runtime import Classifier
+from slimship.manifest import ArtifactError, manifest_digest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["a wonderful, moving film", "dull and far too long", "ok", "I loved every minute of it!"]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_onnx) -> Classifier:
+    return Classifier(tiny_onnx, threads=1)
+
+
+def test_predictions_have_labels_scores_and_probs_in_order(clf):
+    out = clf.predict(TEXTS, probs=True)
+    assert len(out) == len(TEXTS)
+    for item in out:
+        assert item["label"] in clf.labels
+        assert set(item["probs"]) == set(clf.labels)
+        assert sum(item["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert item["score"] == pytest.approx(max(item["probs"].values()))
+        assert item["probs"][item["label"]] == item["score"]
+    assert "probs" not in clf.predict(TEXTS[:1])[0]
+    # Each text alone gives the same answer as inside a padded batch (the attention mask hides padding).
+    for text, batched in zip(TEXTS, out):
+        alone = clf.predict([text], probs=True)[0]
+        assert alone["label"] == batched["label"]
+        assert alone["score"] == pytest.approx(batched["score"], abs=1e-5)
+
+
+def test_public_api_and_settings(clf, tiny_onnx):
+    manifest = json.loads((tiny_onnx / "manifest.json").read_text())
+    assert clf.labels == manifest["labels"] and clf.max_length == manifest["max_length"]
+    assert clf.manifest["files"] == manifest["files"]
+    assert clf.threads == 1 and clf.session.get_session_options().intra_op_num_threads == 1
+    assert clf.logits([]).shape == (0, len(clf.labels))
+    logits = clf.logits(TEXTS)
+    assert logits.shape == (len(TEXTS), len(clf.labels))
+    assert clf.results(logits) == clf.predict(TEXTS)
+
+
+def test_long_text_is_truncated_to_max_length(clf):
+    feeds = clf.encode(["word " * 5000, "short"])
+    assert feeds["input_ids"].shape == (2, clf.max_length)
+    assert feeds["attention_mask"][1].sum() < clf.max_length   # the short one is padded, not stretched
+    assert len(clf.predict(["word " * 5000])) == 1
+
+
+def test_tampered_or_incomplete_artifact_is_refused(tiny_onnx, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_onnx, tampered)
+    with open(tampered / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="model.onnx does not match its sha256"):
+        Classifier(tampered)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tiny_onnx, incomplete)
+    (incomplete / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="tokenizer.json is missing"):
+        Classifier(incomplete)
+    with pytest.raises(ArtifactError, match="not an artifact directory"):
+        Classifier(tmp_path / "nowhere")
+
+
+def test_batcher_answers_concurrent_requests_like_direct_calls(clf):
+    calls = []
+
+    def infer(texts):
+        calls.append(len(texts))
+        return clf.logits(texts)
+
+    batcher = AdaptiveBatcher(infer, max_batch_size=8, max_latency_ms=10_000, max_queue=10_000)
+    requests = [TEXTS[i % 4:i % 4 + 1 + i % 3] for i in range(40)]
+
+    async def main():
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        await batcher.drain()
+        return results
+
+    results = asyncio.run(main())
+    for request, logits in zip(requests, results):
+        np.testing.assert_allclose(logits, clf.logits(request), atol=1e-5)
+    assert sum(calls) == sum(len(r) for r in requests)
+    assert len(calls) < len(requests)          # requests were batched together
+    assert max(calls) <= 8
+
+
+def test_batcher_sheds_fast_when_the_queue_is_full(clf):
+    batcher = AdaptiveBatcher(clf.logits, max_batch_size=4, max_latency_ms=10_000, max_queue=6)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(TEXTS[:3]) for _ in range(6)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    shed = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, np.ndarray)]
+    assert shed and served and len(shed) + len(served) == 6
+    assert all(e.retry_after >= 1 for e in shed) and batcher.shed == len(shed)
+
+    # Predicted wait: a slow per-text estimate sheds even an empty queue's oversized request.
+    slow = AdaptiveBatcher(clf.logits, max_batch_size=4, max_latency_ms=50, max_queue=1000, seconds_per_text=0.1)
+    with pytest.raises(Overloaded, match="predicted queue wait"):
+        asyncio.run(slow.submit(TEXTS))
+
+
+def test_import_into_model_store_and_serve_imports_no_torch(tiny_onnx, tmp_path):
+    """The store import verifies and pins the artifact; the serving modules never load torch or transformers."""
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), BENTOML_DO_NOT_TRACK="true")
+    script = f"""
+import sys
+from serve.store import import_artifact
+tag = import_artifact({str(tiny_onnx)!r})
+assert import_artifact({str(tiny_onnx)!r}) == tag  # idempotent
+import os; os.environ["SLIMSHIP_MODEL"] = tag
+import serve.runtime, serve.service, serve.batcher, serve.limits, serve.settings
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum"))
+print(tag); print("HEAVY", bad)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "HEAVY []"
+    assert lines[-2] == f"slimship-classifier:{manifest_digest(tiny_onnx)[:16]}"
+    stored = tmp_path / "bentoml" / "models" / "slimship-classifier" / manifest_digest(tiny_onnx)[:16]
+    assert (stored / "manifest.json").read_bytes() == (tiny_onnx / "manifest.json").read_bytes()
+    Classifier(stored)  # the stored copy verifies
