@@ -1,0 +1,70 @@
+"""Build an OCI image of the service (CPU, or GPU with --gpu), print its tag and size; optionally save or push it.
+
+The image comes from docker/Dockerfile (Dockerfile.gpu): python:3.11-slim, only the serving packages (no torch,
+no transformers), the bento with its model, a non-root user, a HEALTHCHECK on /readyz, port 3000. The builder
+is Docker where an engine answers, else podman or buildah without a daemon: as root on Debian the first run
+installs them and makes the local base image (docker/podman-setup.sh; see docs/CONTAINERS.md).
+
+--model DIR builds the bento first (as `slimship build` does); --bento TAG uses one from the BentoML store.
+stdout: `image: TAG`, `size: BYTES (HUMAN)`, then `saved: FILE` and `pushed: DEST@DIGEST` when asked.
+
+Examples:
+  slimship containerize --model runs/demo/model --tag slimship-demo:latest
+  slimship containerize --bento slimship:latest --save slimship-demo.oci.tar
+  slimship containerize --model runs/demo/model --push registry.example.com/team/slimship-demo:1
+  podman run --rm -p 127.0.0.1:3000:3000 slimship-demo:latest
+"""
+
+from slimship import UserError
+
+
+def add_arguments(parser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="ONNX artifact directory: build its bento, then the image")
+    source.add_argument("--bento", help="bento tag from the BentoML store (e.g. from `slimship build`)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="build the GPU variant (onnxruntime-gpu, CUDA/cuDNN from pip wheels; docker/Dockerfile.gpu)")
+    parser.add_argument("--tag", help="image name[:tag] (default: slimship:<bento version>[-gpu])")
+    parser.add_argument("--backend", choices=["auto", "docker", "podman", "buildah"], default="auto",
+                        help="builder: auto = Docker if its engine answers, else podman, else buildah")
+    parser.add_argument("--save", metavar="FILE", help="also write the image to FILE as an OCI archive")
+    parser.add_argument("--push", metavar="REGISTRY/NAME:TAG",
+                        help="also push the image there (loopback registries are spoken to over plain HTTP)")
+    parser.add_argument("--context-dir", metavar="DIR",
+                        help="keep the build context here (for a manual `docker build DIR`) instead of a temp dir")
+
+
+def run(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from slimship import containers
+
+    if not args.model and not args.bento:
+        raise UserError("give the model to ship: --model DIR (an ONNX artifact) or --bento TAG")
+    builder = containers.detect(args.backend)
+    if args.model:
+        from serve.store import build_bento
+
+        bento_tag = build_bento(args.model)
+    else:
+        bento_tag = args.bento
+
+    with tempfile.TemporaryDirectory(prefix="slimship-image-") as tmp:
+        context = Path(args.context_dir) if args.context_dir else Path(tmp) / "context"
+        if args.context_dir and context.exists() and any(context.iterdir()):
+            raise UserError(f"--context-dir {context}: not empty")
+        info = containers.prepare_context(bento_tag, context, gpu=args.gpu)
+        tag = args.tag or f"slimship:{info.tag.split(':', 1)[1]}{'-gpu' if args.gpu else ''}"
+        build_args = containers.default_build_args(model_sha256=info.model_sha256, model_tag=info.model_tag,
+                                                   bento_tag=info.tag)
+        containers.build(builder, context, tag, build_args)
+
+    size = containers.image_size(builder, tag)
+    print(f"image: {tag}")
+    print(f"size: {size} ({containers.human_size(size)})")
+    if args.save:
+        print(f"saved: {containers.save(builder, tag, Path(args.save))}")
+    if args.push:
+        print(f"pushed: {args.push}@{containers.push(builder, tag, args.push)}")
+    return 0
