@@ -166,7 +166,7 @@ def test_required_options_and_help():
 @pytest.mark.slow
 @pytest.mark.sst2
 def test_minilm_on_sst2_beats_chance(sst2_dir, tmp_path):
-    cfg = TrainConfig(epochs=1, max_train_rows=600, max_eval_rows=300, max_length=64, learning_rate=5e-5,
+    cfg = TrainConfig(epochs=1, max_train_rows=600, max_eval_rows=300, max_length=64, learning_rate=2e-4,
                       batch_size=16, quiet=True, patience=0)
     m = artifact.load(train("minilm", sst2_dir, tmp_path / "teacher", cfg))
     acc = m["metrics"]["validation"]["accuracy"]
