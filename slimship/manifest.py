@@ -105,6 +105,7 @@ def create(
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a writer that was killed mid-stage
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is read by other users (e.g. a container's)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
