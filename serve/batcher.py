@@ -56,12 +56,15 @@ class AdaptiveBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
-    def predicted_wait(self, extra_texts: int = 0) -> float:
-        return (self.queued_texts + self.running_texts + extra_texts) * self.seconds_per_text
+    def predicted_wait(self) -> float:
+        """Seconds a request arriving now would wait before its own inference starts."""
+        return (self.queued_texts + self.running_texts) * self.seconds_per_text
 
     async def submit(self, texts: Sequence[str]) -> np.ndarray:
-        """Logits for ``texts``, computed in a shared batch; raises Overloaded instead of waiting too long."""
-        wait = self.predicted_wait(len(texts))
+        """Logits for ``texts``, computed in a shared batch; raises Overloaded instead of waiting too long.
+
+        An idle server admits any request: refusing it could not make anyone's answer come sooner."""
+        wait = self.predicted_wait()
         if self.queued_texts + self.running_texts + len(texts) > self.max_queue or wait > self.max_latency:
             self.shed += 1
             raise Overloaded(f"server overloaded: predicted queue wait {wait * 1000:.0f} ms exceeds "

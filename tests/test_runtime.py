@@ -112,10 +112,15 @@ def test_batcher_sheds_fast_when_the_queue_is_full(clf):
     assert shed and served and len(shed) + len(served) == 6
     assert all(e.retry_after >= 1 for e in shed) and batcher.shed == len(shed)
 
-    # Predicted wait: a slow per-text estimate sheds even an empty queue's oversized request.
+    # Predicted wait: behind 4 queued texts at 0.1 s each, a 50 ms bound sheds; an idle batcher admits anything.
     slow = AdaptiveBatcher(clf.logits, max_batch_size=4, max_latency_ms=50, max_queue=1000, seconds_per_text=0.1)
-    with pytest.raises(Overloaded, match="predicted queue wait"):
-        asyncio.run(slow.submit(TEXTS))
+
+    async def two():
+        return await asyncio.gather(slow.submit(TEXTS), slow.submit(TEXTS[:1]), return_exceptions=True)
+
+    first, second = asyncio.run(two())
+    assert isinstance(first, np.ndarray) and first.shape == (4, len(clf.labels))
+    assert isinstance(second, Overloaded) and "predicted queue wait 400 ms" in str(second)
 
 
 def test_import_into_model_store_and_serve_imports_no_torch(tiny_onnx, tmp_path):
