@@ -43,10 +43,11 @@ def file_format(path: Path) -> str:
 class BadRow:
     """A row that could not be read, yielded in place of its values by ``iter_rows(..., lenient=True)``."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "values")
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, values: dict[str, Any] | None = None):
         self.reason = reason
+        self.values = values    # what could be read (undecodable bytes surrogate-escaped), if anything
 
     def __repr__(self) -> str:
         return f"BadRow({self.reason!r})"
@@ -110,7 +111,7 @@ def _iter_delimited(path: Path, columns: list[str], delimiter: str,
                 if lenient:
                     bad = [c for c, v in values.items() if v is not None and _has_bad_bytes(v)]
                     if bad:
-                        yield row_number, BadRow(f"{NOT_UTF8} in column {bad[0]!r}")
+                        yield row_number, BadRow(f"{NOT_UTF8} in column {bad[0]!r}", values)
                         continue
                 yield row_number, values
         except UnicodeDecodeError as e:
