@@ -29,7 +29,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not container" $(PYTEST_ARGS)
 
 image: setup
-	$(VENV)/bin/slimship run --config configs/demo.yaml --out $(OUT) --image
+	$(VENV)/bin/slimship run --config configs/demo.yaml --out $(OUT) --image --image-tag slimship-demo:latest
 
 clean:
 	rm -rf runs .pytest_cache

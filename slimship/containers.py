@@ -286,13 +286,18 @@ def _loopback(reference: str) -> bool:
         return False
 
 
+def check_destination(destination: str) -> None:
+    """A push destination must name its registry: REGISTRY/NAME[:TAG] (no transport prefix)."""
+    if "/" not in destination or "://" in destination or destination.split("/", 1)[0] == "":
+        raise ContainerError(f"--push {destination!r}: expected REGISTRY/NAME:TAG, e.g. 127.0.0.1:5000/demo:1")
+
+
 def push(builder: Builder, image: str, destination: str, *, tls_verify: bool | None = None) -> str:
     """Push ``image`` to ``destination`` (REGISTRY/NAME:TAG); returns the pushed manifest digest.
 
     As Docker does, a registry on the loopback interface is spoken to over plain HTTP unless ``tls_verify``.
     """
-    if "/" not in destination or destination.startswith("docker://"):
-        raise ContainerError(f"--push {destination!r}: expected REGISTRY/NAME:TAG, e.g. 127.0.0.1:5000/demo:1")
+    check_destination(destination)
     verify = (not _loopback(destination)) if tls_verify is None else tls_verify
     stage_log(f"pushing {image} to {destination}")
     if builder.name == "docker":
@@ -330,3 +335,45 @@ def default_build_args(*, model_sha256: str, model_tag: str, bento_tag: str) -> 
         "BENTO_TAG": bento_tag,
         "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+# ---- the whole job ------------------------------------------------------------------------------------------
+
+def containerize(*, bento: str, tag: str | None = None, gpu: bool = False, backend: str = "auto",
+                 save_to: str | Path | None = None, push_to: str | None = None,
+                 context_dir: str | Path | None = None, builder: Builder | None = None) -> dict:
+    """Build the image of a bento (and save/push it); what `slimship containerize` and `slimship run --image` do.
+
+    Returns {"tag", "size", "size_mb", "builder", "bento", "model", "model_sha256"} plus "saved" and "pushed"
+    (DEST@DIGEST) when asked.
+    """
+    if push_to:
+        check_destination(push_to)
+    builder = builder or detect(backend)
+    with tempfile.TemporaryDirectory(prefix="slimship-image-") as tmp:
+        context = Path(context_dir) if context_dir else Path(tmp) / "context"
+        if context_dir and context.exists() and any(context.iterdir()):
+            raise ContainerError(f"build context {context} is not empty")
+        info = prepare_context(bento, context, gpu=gpu)
+        tag = tag or f"slimship:{info.tag.split(':', 1)[1]}{'-gpu' if gpu else ''}"
+        build(builder, context, tag, default_build_args(model_sha256=info.model_sha256, model_tag=info.model_tag,
+                                                        bento_tag=info.tag))
+    size = image_size(builder, tag)
+    result = {"tag": tag, "size": size, "size_mb": round(size / 1e6), "builder": builder.name, "bento": info.tag,
+              "model": info.model_tag, "model_sha256": info.model_sha256}
+    if save_to:
+        result["saved"] = str(save(builder, tag, Path(save_to)))
+    if push_to:
+        result["pushed"] = f"{push_to}@{push(builder, tag, push_to)}"
+    return result
+
+
+def image_exists(tag: str, backend: str = "auto") -> bool:
+    """Whether the local image store (Docker's, or the daemonless one) holds ``tag``."""
+    try:
+        builder = detect(backend)
+    except ContainerError:
+        return False
+    if builder.name == "buildah":
+        return builder.cmd("inspect", "--type", "image", tag, check=False).returncode == 0
+    return builder.cmd("image", "inspect", tag, check=False).returncode == 0

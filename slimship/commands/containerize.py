@@ -35,36 +35,26 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import tempfile
-    from pathlib import Path
-
     from slimship import containers
 
     if not args.model and not args.bento:
         raise UserError("give the model to ship: --model DIR (an ONNX artifact) or --bento TAG")
-    builder = containers.detect(args.backend)
+    if args.push:
+        containers.check_destination(args.push)  # before minutes of building
+    builder = containers.detect(args.backend)    # fail fast (and prepare podman) before building the bento
     if args.model:
         from serve.store import build_bento
 
         bento_tag = build_bento(args.model)
     else:
         bento_tag = args.bento
-
-    with tempfile.TemporaryDirectory(prefix="slimship-image-") as tmp:
-        context = Path(args.context_dir) if args.context_dir else Path(tmp) / "context"
-        if args.context_dir and context.exists() and any(context.iterdir()):
-            raise UserError(f"--context-dir {context}: not empty")
-        info = containers.prepare_context(bento_tag, context, gpu=args.gpu)
-        tag = args.tag or f"slimship:{info.tag.split(':', 1)[1]}{'-gpu' if args.gpu else ''}"
-        build_args = containers.default_build_args(model_sha256=info.model_sha256, model_tag=info.model_tag,
-                                                   bento_tag=info.tag)
-        containers.build(builder, context, tag, build_args)
-
-    size = containers.image_size(builder, tag)
-    print(f"image: {tag}")
-    print(f"size: {size} ({containers.human_size(size)})")
-    if args.save:
-        print(f"saved: {containers.save(builder, tag, Path(args.save))}")
-    if args.push:
-        print(f"pushed: {args.push}@{containers.push(builder, tag, args.push)}")
+    result = containers.containerize(bento=bento_tag, tag=args.tag, gpu=args.gpu, backend=args.backend,
+                                     save_to=args.save, push_to=args.push, context_dir=args.context_dir,
+                                     builder=builder)
+    print(f"image: {result['tag']}")
+    print(f"size: {result['size']} ({containers.human_size(result['size'])})")
+    if "saved" in result:
+        print(f"saved: {result['saved']}")
+    if "pushed" in result:
+        print(f"pushed: {result['pushed']}")
     return 0
