@@ -17,6 +17,7 @@ reuses what is finished, and a crashed training stage resumes from its own check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field, fields
@@ -67,21 +68,26 @@ class Grid:
                 raise UserError(f"{source}: quantize {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
         if not self.optimize or not self.quantize:
             raise UserError(f"{source}: optimize and quantize need at least one entry each")
-        if not self.layers and not self.include_teacher:
-            raise UserError(f"{source}: nothing to search (no layers and include_teacher is false)")
+        if not self.layers and not self.include_teacher and not any(any(e.values()) for e in self.prune):
+            raise UserError(f"{source}: nothing to search (no layers, no pruning and include_teacher is false)")
 
 
 def load_grid(path: str | Path) -> Grid:
     from slimship.config import load_yaml
 
-    values = load_yaml(path)
+    return grid_from_dict(load_yaml(path), str(path))
+
+
+def grid_from_dict(values: dict[str, Any], source: str = "grid") -> Grid:
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: the grid must be a mapping (layers, prune, optimize, quantize, ...)")
     known = {f.name for f in fields(Grid)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"{path}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise UserError(f"{source}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     grid = Grid(**{k: v for k, v in values.items() if v is not None})
     grid.prune = [entry or {} for entry in grid.prune]
-    grid.check(str(path))
+    grid.check(source)
     return grid
 
 
@@ -159,20 +165,55 @@ class Search:
     def path(self, node: Node) -> Path:
         return self.teacher_dir if node.stage == "teacher" else self.out / "candidates" / node.name
 
-    def finished(self, path: Path) -> bool:
+    def key(self, node: Node) -> str:
+        """What a node's artifact depends on: its stage options, the stage settings, the data and its parent.
+
+        A finished candidate is reused only when its key matches, so changing the grid or the training options
+        rebuilds what they affect and nothing else.
+        """
+        if node.stage == "teacher":
+            return artifact.manifest_digest(self.teacher_dir)
+        train = {k: v for k, v in self.cfg.train.as_dict().items() if k not in ("quiet", "resume")}
+        spec = {"stage": node.stage, "options": node.options, "parent": self.key(node.parent),
+                "data": str(Path(self.data).absolute())}
+        if node.stage == "distill":
+            spec.update(train=train, overrides=self.cfg.grid.distill)
+        elif node.stage == "prune":
+            spec.update(train=train, overrides=self.cfg.grid.prune_options)
+        elif node.stage == "quantize":
+            spec.update(calibration=self.cfg.calibration, rows=train["max_eval_rows"], seed=train["seed"])
+        else:
+            spec.update(rows=train["max_eval_rows"])
+        return hashlib.sha256(json.dumps(_numbers_as_floats(spec), sort_keys=True, default=str).encode()).hexdigest()
+
+    def finished(self, node: Node) -> bool:
+        """A verified artifact made from the same inputs is already there."""
+        path = self.path(node)
+        if node.stage == "teacher":
+            return True
         try:
             artifact.load(path)
-            return True
         except ArtifactError:
             return False
+        key_file = path / "search-key.json"
+        return key_file.is_file() and json.loads(key_file.read_text()).get("key") == self.key(node)
 
     def build(self, node: Node) -> Path:
         """Make a node's artifact unless a verified one is already there."""
         path = self.path(node)
-        if node.stage == "teacher" or self.finished(path):
+        if self.finished(node):
             return path
         parent = self.path(node.parent)
-        train_opts = {**self.cfg.train.as_dict(), "resume": True}
+        # Resume a crashed stage from its checkpoints only when they were made from the same inputs.
+        started = path.parent / f".{node.name}.started"
+        same_inputs = started.is_file() and started.read_text().strip() == self.key(node)
+        if not same_inputs:
+            from train.stage import work_dir_for
+
+            shutil.rmtree(work_dir_for(path), ignore_errors=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            started.write_text(self.key(node) + "\n")
+        train_opts = {**self.cfg.train.as_dict(), "resume": same_inputs}
         if node.stage == "distill":
             from compress.distill import DistillConfig, distill
 
@@ -199,6 +240,8 @@ class Search:
                                                   calibration=self.cfg.calibration, text_column=t.text_column,
                                                   label_column=t.label_column, max_eval_rows=t.max_eval_rows,
                                                   seed=t.seed))
+        # Beside the manifest (not among its files): the artifact's digests stay valid.
+        (path / "search-key.json").write_text(json.dumps({"key": self.key(node)}) + "\n")
         return path
 
     def profile(self, node: Node) -> dict[str, Any]:
@@ -230,7 +273,7 @@ class Search:
 
         path = self.path(node)
         cache = path / "measurement.json"
-        key = {"rows": len(texts), "threads": self.cfg.threads, "latency_rows": self.cfg.latency_rows,
+        key = {"node": self.key(node), "rows": len(texts), "threads": self.cfg.threads, "latency_rows": self.cfg.latency_rows,
                "throughput_rows": self.cfg.throughput_rows}
         if cache.is_file():
             cached = json.loads(cache.read_text())
@@ -244,6 +287,17 @@ class Search:
                           throughput_rows=self.cfg.throughput_rows, verify=False)}
         cache.write_text(json.dumps({"key": key, "result": result}, indent=2) + "\n")
         return result
+
+
+def _numbers_as_floats(value: Any) -> Any:
+    """1 and 1.0 are the same option value (the CLI gives floats, a YAML file or Python may give ints)."""
+    if isinstance(value, dict):
+        return {k: _numbers_as_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers_as_floats(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict[str, Any]:
@@ -299,13 +353,16 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     from slimship.evaluate import artifact_logits
 
     teacher_cache = out / "candidates" / "teacher.metrics.json"
-    if teacher_cache.is_file() and json.loads(teacher_cache.read_text()).get("rows") == len(texts):
-        teacher_metrics = json.loads(teacher_cache.read_text())["metrics"]
+    teacher_key = {"teacher": artifact.manifest_digest(teacher_dir), "data": str(Path(data).absolute()),
+                   "rows": len(texts)}
+    cached = json.loads(teacher_cache.read_text()) if teacher_cache.is_file() else {}
+    if cached.get("key") == teacher_key:
+        teacher_metrics = cached["metrics"]
     else:
         teacher_metrics = classification_metrics(artifact_logits(teacher_dir, texts).argmax(-1), labels,
                                                  teacher["labels"])
         teacher_cache.parent.mkdir(parents=True, exist_ok=True)
-        teacher_cache.write_text(json.dumps({"rows": len(texts), "metrics": teacher_metrics}) + "\n")
+        teacher_cache.write_text(json.dumps({"key": teacher_key, "metrics": teacher_metrics}) + "\n")
 
     rows = [{"name": "teacher", "stage": "teacher", "format": "pytorch", "parent": None, "path": str(teacher_dir),
              "options": {}, **search.profile(nodes[0]), "accuracy": teacher_metrics["accuracy"],
@@ -314,7 +371,7 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     bar = tqdm(nodes[1:], desc="compress", unit="stage", disable=t.quiet, dynamic_ncols=True)
     for i, node in enumerate(bar, start=1):
         bar.set_postfix_str(node.name)
-        done = search.finished(search.path(node))
+        done = search.finished(node)
         search.build(node)
         measured = search.measure(node, texts, labels) if node in measured_nodes else None
         row = row_for(search, node, measured)

@@ -23,7 +23,7 @@ COLUMNS = [  # (key, header, format)
     ("name", "candidate", "{}"),
     ("stage", "stage", "{}"),
     ("parameters", "params (M)", "{:.2f}"),
-    ("macs", "MACs (M)", "{:.0f}"),
+    ("macs", "MACs (M)", "{:.1f}"),
     ("file_mb", "MB", "{:.1f}"),
     ("accuracy", "accuracy %", "{:.2f}"),
     ("macro_f1", "macro-F1 %", "{:.2f}"),

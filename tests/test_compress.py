@@ -1,0 +1,156 @@
+"""Budgeted compression end to end: tiny grid on the tiny teacher; a budget nothing meets; minilm on SST-2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO_DATA, slimship_cmd
+from slimship import manifest as artifact
+
+TINY_GRID = """
+layers: [1]
+prune: [{}, {heads: 0.5, ffn: 0.5}]
+optimize: [none]
+quantize: [dynamic]
+include_teacher: true
+distill: {learning_rate: 1.0e-3}
+prune_options: {recovery_epochs: 1, learning_rate: 1.0e-3}
+"""
+# Heavy pruning with no recovery: accuracy collapses, so a zero-point budget cannot be met.
+HOPELESS_GRID = """
+layers: []
+include_teacher: false
+prune: [{heads: 0.75, ffn: 0.9, hidden: 0.5}]
+optimize: [none]
+quantize: [dynamic]
+prune_options: {recovery_epochs: 0, importance: magnitude}
+"""
+FAST = ["--max-length", "64", "--quiet", "--amp", "off", "--epochs", "1", "--max-train-rows", "300",
+        "--latency-rows", "20", "--throughput-rows", "64"]
+
+
+@pytest.fixture(scope="module")
+def compressed(tiny_teacher, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("compress")
+    (root / "grid.yaml").write_text(TINY_GRID)
+    out = root / "out"
+    result = subprocess.run(slimship_cmd("compress", "--teacher", str(tiny_teacher), "--data", str(DEMO_DATA),
+                                         "--out", str(out), "--grid", str(root / "grid.yaml"),
+                                         "--max-accuracy-drop", "1.0", *FAST), capture_output=True, text=True)
+    return out, result
+
+
+def test_compress_picks_a_candidate_within_budget(compressed):
+    out, result = compressed
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    for name in ("report.md", "pareto.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    names = [r["name"] for r in report["rows"]]
+    # teacher, student, pruned student; each exported and quantized
+    assert {"teacher", "L1", "L1-prune-ffn0.5-heads0.5", "teacher-onnx-int8-dynamic", "L1-onnx-int8-dynamic",
+            "L1-prune-ffn0.5-heads0.5-onnx-int8-dynamic"} <= set(names)
+    measured = [r for r in report["rows"] if r.get("throughput_rows_s")]
+    assert len(measured) == 3
+    chosen = next(r for r in report["rows"] if r["chosen"])
+    assert chosen["name"] == report["chosen"] and chosen["within_budget"] and chosen["delta_points"] >= -1.0
+    # the fastest of those within the budget
+    inside = [r for r in measured if r["within_budget"]]
+    assert chosen["throughput_rows_s"] == max(r["throughput_rows_s"] for r in inside)
+    assert any(r["pareto"] for r in measured)
+    pruned = next(r for r in report["rows"] if r["name"] == "L1-prune-ffn0.5-heads0.5")
+    assert pruned["macs"] < next(r for r in report["rows"] if r["name"] == "L1")["macs"]
+    for r in measured:
+        assert r["latency_ms_p95"] >= r["latency_ms_p50"] > 0 and r["parameters"] > 0 and r["file_mb"] > 0
+
+    # out/model: a verified ONNX artifact that the serving runtime loads, recording how it was made.
+    from serve.runtime import Classifier
+
+    model = artifact.load(out / "model", format="onnx")
+    assert model["chosen"] == chosen["name"] and model["chain"][0]["stage"] == "teacher"
+    assert Classifier(out / "model").predict(["a lovely, warm film"])[0]["label"] in model["labels"]
+    assert "chosen" in (out / "report.md").read_text() and "[" in result.stderr  # per-candidate progress lines
+
+
+def test_compress_resumes_without_redoing_candidates(compressed, tiny_teacher):
+    from compress.search import CompressConfig, compress, load_grid
+    from train.recipe import TrainConfig
+
+    out, _ = compressed
+    before = {p.name: (p / "manifest.json").stat().st_mtime_ns for p in (out / "candidates").iterdir() if p.is_dir()}
+    # A crash is simulated by deleting the chosen model and one finished candidate: only those are redone.
+    victim = out / "candidates" / "L1-onnx-int8-dynamic"
+    import shutil
+
+    shutil.rmtree(victim)
+    shutil.rmtree(out / "model")
+    grid = load_grid(out.parent / "grid.yaml")
+    cfg = CompressConfig(max_accuracy_drop=1.0, grid=grid, latency_rows=20, throughput_rows=64,
+                         train=TrainConfig(max_length=64, quiet=True, amp="off", epochs=1, max_train_rows=300))
+    compress(tiny_teacher, DEMO_DATA, out, cfg)
+    after = {p.name: (p / "manifest.json").stat().st_mtime_ns for p in (out / "candidates").iterdir() if p.is_dir()}
+    assert set(after) == set(before)
+    redone = {name for name in after if after[name] != before[name]}
+    assert redone == {"L1-onnx-int8-dynamic"}
+    artifact.load(out / "model", format="onnx")
+
+    printed = subprocess.run(slimship_cmd("report", str(out)), capture_output=True, text=True)
+    assert printed.returncode == 0 and "chosen" in printed.stdout and "L1-prune" in printed.stdout
+
+
+def test_budget_nothing_meets_still_writes_report(tiny_teacher, tmp_path):
+    (tmp_path / "grid.yaml").write_text(HOPELESS_GRID)
+    out = tmp_path / "out"
+    result = subprocess.run(slimship_cmd("compress", "--teacher", str(tiny_teacher), "--data", str(DEMO_DATA),
+                                         "--out", str(out), "--grid", str(tmp_path / "grid.yaml"),
+                                         "--max-accuracy-drop", "0", *FAST), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "no candidate is within 0 accuracy points" in result.stderr and "Traceback" not in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["chosen"] is None and "no candidate" in report["message"]
+    assert (out / "report.md").is_file() and (out / "pareto.png").is_file()
+    assert not (out / "model").exists()
+
+
+def test_bad_grid_is_refused(tmp_path):
+    from slimship import UserError
+    from compress.search import load_grid
+
+    (tmp_path / "g.yaml").write_text("layers: [3]\nquantise: [dynamic]\n")
+    with pytest.raises(UserError, match="unknown grid key"):
+        load_grid(tmp_path / "g.yaml")
+    (tmp_path / "g.yaml").write_text("prune: [{heads: 1.5}]\n")
+    with pytest.raises(UserError, match="must be in"):
+        load_grid(tmp_path / "g.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.sst2
+def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
+    """A minilm teacher fine-tuned briefly on an SST-2 slice; the search over a 3-layer student and INT8."""
+    from compress.search import CompressConfig, Grid, compress
+    from train.recipe import TrainConfig
+    from train.stage import train
+
+    teacher = train("minilm", sst2_dir, tmp_path / "teacher",
+                    TrainConfig(epochs=1, max_length=64, max_train_rows=800, max_eval_rows=200, quiet=True,
+                                patience=0, learning_rate=1e-4))
+    grid = Grid(layers=[3], prune=[{}], optimize=["none"], quantize=["none", "dynamic"],
+                distill={"learning_rate": 1e-4})
+    cfg = CompressConfig(max_accuracy_drop=1.0, grid=grid, latency_rows=30, throughput_rows=128,
+                         train=TrainConfig(epochs=1, max_length=64, max_train_rows=800, max_eval_rows=200,
+                                           quiet=True, patience=0))
+    out = compress(teacher, sst2_dir, tmp_path / "c", cfg)
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher_accuracy"] > 0.6                       # clearly above chance on 200 rows
+    chosen = next(r for r in report["rows"] if r["chosen"])
+    assert chosen["delta_points"] >= -1.0
+    assert {"L3-onnx-int8-dynamic", "teacher-onnx-int8-dynamic"} <= {r["name"] for r in report["rows"]}
+    student = next(r for r in report["rows"] if r["name"] == "L3")
+    assert student["macs"] < 0.6 * report["rows"][0]["macs"]
+    assert artifact.load(out / "model", format="onnx")["chosen"] == chosen["name"]
