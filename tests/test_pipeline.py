@@ -108,3 +108,43 @@ def test_killed_at_random_points_then_rerun_completes(tmp_path, bento_home):
     done = run_cli(config, out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_complete(out)
+
+
+@pytest.mark.slow
+@pytest.mark.container
+def test_run_to_image_then_http_prediction_equals_score(tmp_path, bento_home):
+    from slimship import containers
+    from tests.test_container import TEXTS, free_port, http_json
+
+    try:
+        builder = containers.detect("auto")
+    except containers.ContainerError as e:
+        pytest.skip(f"no container builder can be had here: {e}")
+    config = tmp_path / "run.yaml"
+    config.write_text(TINY_RUN)
+    out = tmp_path / "out"
+    tag = f"slimship-e2e:{os.getpid()}"
+    done = run_cli(config, out, "--image", "--image-tag", tag, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = assert_complete(out)
+    assert state["stages"]["image"]["result"]["tag"] == tag
+
+    inputs = tmp_path / "texts.jsonl"
+    inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    scored = subprocess.run(slimship_cmd("score", "--model", str(out / "compress" / "model"), "--input",
+                                         str(inputs), "--output", str(tmp_path / "scores.jsonl"), "--quiet"),
+                            capture_output=True, text=True, cwd=ROOT)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    expected = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+
+    port = free_port()
+    container = containers.run_container(builder, tag, port=port)
+    try:
+        containers.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
+        status, answers = http_json(f"http://127.0.0.1:{port}/classify", {"texts": TEXTS})
+    finally:
+        containers.remove_container(builder, container)
+        subprocess.run([builder.runner, "rmi", "-f", tag], env=builder.env, capture_output=True)
+    assert status == 200 and len(answers) == len(TEXTS)
+    assert [a["label"] for a in answers] == [e["label"] for e in expected]
+    assert [a["score"] for a in answers] == pytest.approx([e["score"] for e in expected], abs=1e-5)
