@@ -45,12 +45,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parsers = {}
     for name, module, help_text in COMMANDS:
-        try:
-            mod = _command_module(module)
-        except ModuleNotFoundError as e:  # TEMPORARY while stages land in parallel
-            if e.name != f"slimship.commands.{module}":
-                raise
-            continue
+        mod = _command_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", metavar="FILE.yaml",
