@@ -211,7 +211,8 @@ def test_pushed_image_pulls_back_with_the_same_digest(builder, image, tmp_path):
         return
     # Pull into a fresh, empty storage so every layer really comes back from the registry.
     runner = containers.Builder(builder.runner, builder.env)
-    store = ["--root", str(tmp_path / "root"), "--runroot", str(tmp_path / "run"), "--storage-driver", "vfs"]
+    runroot = tempfile.mkdtemp(prefix="ss-run-")  # podman refuses a runroot path over 50 characters
+    store = ["--root", str(tmp_path / "root"), "--runroot", runroot, "--storage-driver", "vfs"]
     try:
         runner.cmd(*store, "pull", "-q", "--tls-verify=false", destination)
         pulled = json.loads(runner.cmd(*store, "image", "inspect", destination).stdout)[0]
@@ -220,6 +221,7 @@ def test_pushed_image_pulls_back_with_the_same_digest(builder, image, tmp_path):
     finally:
         runner.cmd(*store, "rmi", "-a", "-f", check=False)
         shutil.rmtree(tmp_path / "root", ignore_errors=True)
+        shutil.rmtree(runroot, ignore_errors=True)
 
 
 @in_container
