@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 |---|---|---|
-| SLIMSHIP_MODEL | slimship-classifier:latest | model-store tag the service loads (`slimship build` pins it) |
+| SLIMSHIP_MODEL | the bento's pinned tag, else slimship-classifier:latest | model-store tag the service loads |
 | SLIMSHIP_WORKERS | 1 | server processes, each with its own ONNX session and batcher |
 | SLIMSHIP_THREADS | cores / workers | ONNX Runtime intra-op threads per worker |
 | SLIMSHIP_MAX_BATCH_SIZE | 32 | most texts in one ONNX Runtime call |
@@ -37,6 +37,17 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def bento_model_argument() -> str | None:
+    """The model tag a bento was built with (`slimship build` passes it as the bento argument "model", which
+    BentoML stores in bento.yaml and restores when the bento is served), or None outside a bento."""
+    try:
+        import bentoml
+
+        return getattr(bentoml.use_arguments(), "model", None)
+    except Exception:  # pragma: no cover - an older BentoML without bento arguments
+        return None
+
+
 def _int(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw in (None, ""):
@@ -69,7 +80,7 @@ class ServeSettings:
         workers = _int("SLIMSHIP_WORKERS", 1)
         max_batch_size = _int("SLIMSHIP_MAX_BATCH_SIZE", 32)
         return cls(
-            model=os.environ.get("SLIMSHIP_MODEL") or DEFAULT_MODEL,
+            model=os.environ.get("SLIMSHIP_MODEL") or bento_model_argument() or DEFAULT_MODEL,
             workers=workers,
             threads=_int("SLIMSHIP_THREADS", max(1, cpu_count() // workers)),
             max_batch_size=max_batch_size,

@@ -78,7 +78,8 @@ def build_bento(model_dir: str | Path, *, name: str = MODEL_NAME, version: str |
     """Import the artifact and build a bento (bentofile.yaml) that pins exactly that model; return the bento tag.
 
     The service reads its model tag from SLIMSHIP_MODEL when BentoML imports it during the build, so the bento
-    records (and packs) that exact model version; inside the bento the tag resolves to the packed copy.
+    records (and packs) that exact model version; the tag is also stored as the bento argument "model", which
+    the service reads back whenever the bento is served (`bentoml serve TAG` or inside its container).
     """
     import bentoml
 
@@ -86,6 +87,7 @@ def build_bento(model_dir: str | Path, *, name: str = MODEL_NAME, version: str |
         raise UserError(f"{BENTOFILE} not found: `slimship build` needs the project's bentofile.yaml")
     tag = import_artifact(model_dir, name)
     with _env(SLIMSHIP_MODEL=tag):
-        bento = bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(PROJECT_ROOT), version=version)
+        bento = bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(PROJECT_ROOT), version=version,
+                                               args={"model": tag})
     stage_log(f"built bento {bento.tag} with model {tag} at {bento.path}")
     return str(bento.tag)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -338,3 +339,49 @@ def test_tampered_artifact_refuses_to_start(tiny_onnx, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "tokenizer.json does not match its sha256" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_build_pins_the_model_and_the_bento_serves_it(tiny_onnx, tmp_path):
+    """`slimship build` prints a bento tag; serving that bento loads exactly the pinned model, even when a newer
+    model of the same name is in the store."""
+    home = tmp_path / "bentoml"
+    env = dict(os.environ, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true")
+    out = subprocess.run(slimship_cmd("build", "--model", str(tiny_onnx)), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    bento_tag = out.stdout.strip()
+    name, version = bento_tag.split(":")
+    bento_yaml = (home / "bentos" / name / version / "bento.yaml").read_text()
+    pinned = f"slimship-classifier:{manifest_digest(tiny_onnx)[:16]}"
+    assert pinned in bento_yaml and "torch" not in (home / "bentos" / name / version / "env" / "python" /
+                                                    "requirements.txt").read_text()
+
+    newer = tmp_path / "newer"   # same files, different manifest: a different (and later) model version
+    shutil.copytree(tiny_onnx, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest["created"] = "2099-01-01T00:00:00Z"
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    subprocess.run([sys.executable, "-c", f"from serve.store import import_artifact; import_artifact({str(newer)!r})"],
+                   env=env, check=True, capture_output=True, cwd=Path(__file__).resolve().parent.parent)
+
+    port = free_port()
+    log = open(tmp_path / "bento.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port",
+                                str(port)], env={k: v for k, v in env.items() if k != "SLIMSHIP_MODEL"},
+                               stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, open(tmp_path / "bento.log").read()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        meta = httpx.get(f"http://127.0.0.1:{port}/metadata").json()
+        assert meta["sha256"] == manifest_digest(tiny_onnx) != manifest_digest(newer)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
