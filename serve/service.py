@@ -19,7 +19,9 @@ Input rules (all answered with a 4xx JSON error, and the server keeps serving):
 Overload: a request whose predicted queue wait exceeds SLIMSHIP_MAX_LATENCY_MS (default 500), or that would grow
 the queue past SLIMSHIP_MAX_QUEUE texts, gets 503 at once with a Retry-After header.
 
-Settings (environment variables, defaults chosen from the CPU count): see serve/settings.py and docs/SERVING.md.
+Settings (environment variables SLIMSHIP_WORKERS, SLIMSHIP_THREADS, SLIMSHIP_MAX_BATCH_SIZE, SLIMSHIP_MAX_LATENCY_MS,
+SLIMSHIP_MAX_QUEUE, SLIMSHIP_MAX_TEXTS, SLIMSHIP_MAX_TEXT_CHARS, SLIMSHIP_MAX_BODY_BYTES, SLIMSHIP_TIMEOUT_S,
+SLIMSHIP_WARMUP_S, SLIMSHIP_MODEL; defaults from the CPU count): table in serve/settings.py and docs/SERVING.md.
 This module imports only bentoml, onnxruntime, tokenizers, numpy and slimship's torch-free modules.
 """
 
