@@ -361,8 +361,9 @@ def test_build_pins_the_model_and_the_bento_serves_it(tiny_onnx, tmp_path):
     manifest = json.loads((newer / "manifest.json").read_text())
     manifest["created"] = "2099-01-01T00:00:00Z"
     (newer / "manifest.json").write_text(json.dumps(manifest))
-    subprocess.run([sys.executable, "-c", f"from serve.store import import_artifact; import_artifact({str(newer)!r})"],
-                   env=env, check=True, capture_output=True, cwd=Path(__file__).resolve().parent.parent)
+    script = f"from serve.store import import_artifact; import_artifact({str(newer)!r})"
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parent.parent)
 
     port = free_port()
     log = open(tmp_path / "bento.log", "w+")
