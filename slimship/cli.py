@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from slimship import UserError, __version__
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"slimship {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"slimship {args.command}: interrupted", file=sys.stderr)
         return 130

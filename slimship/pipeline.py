@@ -143,7 +143,17 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         image_key = stage_key("image", {"tag": cfg.image_tag}, bento_key)
         result["image"] = pipe.stage("image", image_key, lambda: _build_image(containers, bento_tag, cfg),
                                      lambda r: containers.image_exists(r["tag"]))
+    _write_run_report(out, compress_dir, result)
     return result
+
+
+def _write_run_report(out: Path, compress_dir: Path, result: dict[str, Any]) -> None:
+    """The run's own report.json/md/png: the compression report plus what the later stages produced."""
+    from slimship.report import load_report, write_report
+
+    report = load_report(compress_dir)
+    report["pipeline"] = {k: v for k, v in result.items() if k != "compress"}
+    write_report(out, report)
 
 
 def _bento_exists(tag: str) -> bool:

@@ -62,7 +62,8 @@ def assert_complete(out: Path) -> dict:
         path = Path(m["parent"]["path"]) if m["parent"] else None
     assert chain[-1] == "train"
     for report in ("report.json", "report.md", "pareto.png"):
-        assert (out / "compress" / report).is_file()
+        assert (out / "compress" / report).is_file() and (out / report).is_file()
+    assert json.loads((out / "report.json").read_text())["pipeline"]["bento"].startswith("slimship:")
     leftovers = [p for p in out.rglob(".*.tmp-*")]
     assert not leftovers, leftovers                        # no half-written artifact anywhere
     return state
