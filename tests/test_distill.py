@@ -82,7 +82,7 @@ def test_kd_loss_decreases_for_a_student_given_as_a_config(tiny_teacher, demo_da
     config = teacher.config.to_dict()
     config.update(num_hidden_layers=1, id2label=None, label2id=None)
     (tmp_path / "student.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
-    cfg = DistillConfig(student=str(tmp_path / "student.json"), epochs=1, learning_rate=2e-3, max_length=64,
+    cfg = DistillConfig(student=str(tmp_path / "student.json"), epochs=2, learning_rate=3e-3, max_length=64,
                         quiet=True, patience=0, temperature=1.0)
     out = distill(tiny_teacher, demo_data, tmp_path / "student", cfg)
     labels = artifact.load(out)["labels"]
