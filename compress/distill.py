@@ -15,7 +15,9 @@ The teacher's logits are computed once before training and carried with each exa
 every training step ("online"). The teacher is frozen and runs without dropout, so both give the same targets;
 caching runs the teacher once in all, in length-sorted inference batches, instead of once per epoch inside the
 training loop -- faster on CPU (measured in bench/bench_compress_torch.py), hence the default. The hidden-state
-loss needs the teacher's hidden states of every batch, so it always runs the teacher online.
+loss needs the teacher's hidden states of every batch, so it always runs the teacher online. Cached logits are
+computed in fp32; online, the teacher runs inside the Trainer's autocast (bf16 where AMP is on), so the targets
+agree to bf16 precision.
 
 Training reuses train/recipe.py: the same AMP, early stopping on the student's validation metric, checkpoints,
 resume and DDP as the train stage.

@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,8 @@ class PruneConfig(TrainConfig):
     alpha: float = 0.5
 
     def check(self) -> None:
-        if self.recovery_epochs > 0:
-            super().check()
+        # The shared checks, except --epochs: recovery runs for recovery_epochs instead.
+        TrainConfig.check(replace(self, epochs=1.0, max_steps=-1))
         for name in ("heads", "ffn", "hidden"):
             ratio = getattr(self, name)
             if not 0.0 <= ratio < 1.0:
@@ -328,12 +328,9 @@ def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     recovery_cfg = None
     train_set = eval_set = None
     if cfg.recovery_epochs > 0:
-        from dataclasses import replace
-
         recovery_cfg = replace(cfg, epochs=cfg.recovery_epochs / cfg.steps, max_steps=-1)
-        mode = "cache" if teacher is not None else None
-        if teacher is not None:
-            train_set, _ = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode)
+        if teacher is not None:  # the teacher's logits, cached once for every step's recovery
+            train_set, _ = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, "cache")
         else:
             train_set = TokenizedDataset(tokenizer, train_split.texts, train_split.labels, cfg.max_length)
         eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None

@@ -40,7 +40,8 @@ def _kd_loss_of(model, teacher, tokenizer, texts, labels, cfg):
 
 @pytest.fixture(scope="module")
 def tiny_student(tiny_teacher, demo_data, tmp_path_factory):
-    cfg = DistillConfig(layers=1, epochs=1, learning_rate=2e-3, max_length=64, quiet=True, patience=0)
+    cfg = DistillConfig(layers=1, epochs=1, learning_rate=1e-3, max_length=64, quiet=True, patience=0,
+                        max_train_rows=640)
     out = distill(tiny_teacher, demo_data, tmp_path_factory.mktemp("distill") / "student", cfg)
     return out, cfg
 

@@ -91,7 +91,7 @@ def test_pruned_tiny_reloads_with_identical_logits(tiny_teacher, tmp_path, ratio
 @pytest.fixture(scope="module")
 def tiny_pruned(tiny_teacher, demo_data, tmp_path_factory):
     cfg = PruneConfig(heads=0.5, ffn=0.5, steps=2, recovery_epochs=1.0, learning_rate=1e-3, max_length=64,
-                      quiet=True, patience=0, importance_batches=2)
+                      quiet=True, patience=0, importance_batches=2, max_train_rows=480)
     return prune(tiny_teacher, demo_data, tmp_path_factory.mktemp("prune") / "pruned", cfg,
                  teacher_dir=tiny_teacher), cfg
 
