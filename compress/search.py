@@ -369,11 +369,24 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
              "macro_f1": teacher_metrics["macro_f1"], "delta_points": 0.0,
              "file_mb": round((teacher_dir / "model.safetensors").stat().st_size / 1e6, 3)}]
     bar = tqdm(nodes[1:], desc="compress", unit="stage", disable=t.quiet, dynamic_ncols=True)
+    failed: dict[str, str] = {}
     for i, node in enumerate(bar, start=1):
         bar.set_postfix_str(node.name)
+        if node.parent is not None and node.parent.name in failed:
+            failed[node.name] = f"not built: {node.parent.name} failed"
+            rows.append({"name": node.name, "stage": node.stage, "parent": node.parent.name, "options": node.options,
+                         "failed": failed[node.name]})
+            continue
         done = search.finished(node)
-        search.build(node)
-        measured = search.measure(node, texts, labels) if node in measured_nodes else None
+        try:
+            search.build(node)
+            measured = search.measure(node, texts, labels) if node in measured_nodes else None
+        except Exception as e:  # one broken branch must not throw away a long search; the report says why
+            failed[node.name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            stage_log(f"[{i}/{len(nodes) - 1}] {node.name}: FAILED ({failed[node.name]}); its branch is skipped")
+            rows.append({"name": node.name, "stage": node.stage, "parent": node.parent.name if node.parent else None,
+                         "options": node.options, "failed": failed[node.name]})
+            continue
         row = row_for(search, node, measured)
         row["delta_points"] = None if row["accuracy"] is None else \
             round((row["accuracy"] - teacher_metrics["accuracy"]) * 100, 3)

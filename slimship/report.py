@@ -52,6 +52,8 @@ def marks(row: dict[str, Any]) -> str:
         tags.append("pareto")
     if row.get("within_budget") is False:
         tags.append("over budget")
+    if row.get("failed"):
+        tags.append(f"failed: {row['failed']}")
     return ", ".join(tags)
 
 

@@ -24,7 +24,7 @@ prune_options: {recovery_epochs: 1, learning_rate: 1.0e-3}
 HOPELESS_GRID = """
 layers: []
 include_teacher: false
-prune: [{heads: 0.75, ffn: 0.9, hidden: 0.5}]
+prune: [{heads: 0.75, ffn: 0.9, hidden: 0.5}, {heads: 0.99}]   # the second leaves no head: that branch fails
 optimize: [none]
 quantize: [dynamic]
 prune_options: {recovery_epochs: 0, importance: magnitude}
@@ -113,6 +113,11 @@ def test_budget_nothing_meets_still_writes_report(tiny_teacher, tmp_path):
     assert "no candidate is within 0 accuracy points" in result.stderr and "Traceback" not in result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["chosen"] is None and "no candidate" in report["message"]
+    # A failing branch is recorded (with why) and its descendants skipped; the other branch was still measured.
+    rows = {r["name"]: r for r in report["rows"]}
+    assert "no attention head" in rows["teacher-prune-heads0.99"]["failed"]
+    assert rows["teacher-prune-heads0.99-onnx-int8-dynamic"]["failed"].startswith("not built")
+    assert rows["teacher-prune-ffn0.9-heads0.75-hidden0.5-onnx-int8-dynamic"]["throughput_rows_s"] > 0
     assert (out / "report.md").is_file() and (out / "pareto.png").is_file()
     assert not (out / "model").exists()
 
@@ -138,12 +143,12 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
     from train.stage import train
 
     teacher = train("minilm", sst2_dir, tmp_path / "teacher",
-                    TrainConfig(epochs=1, max_length=64, max_train_rows=800, max_eval_rows=200, quiet=True,
+                    TrainConfig(epochs=2, max_length=64, max_train_rows=1600, max_eval_rows=200, quiet=True,
                                 patience=0, learning_rate=1e-4))
     grid = Grid(layers=[3], prune=[{}], optimize=["none"], quantize=["none", "dynamic"],
                 distill={"learning_rate": 1e-4})
     cfg = CompressConfig(max_accuracy_drop=1.0, grid=grid, latency_rows=30, throughput_rows=128,
-                         train=TrainConfig(epochs=1, max_length=64, max_train_rows=800, max_eval_rows=200,
+                         train=TrainConfig(epochs=1, max_length=64, max_train_rows=1600, max_eval_rows=200,
                                            quiet=True, patience=0))
     out = compress(teacher, sst2_dir, tmp_path / "c", cfg)
     report = json.loads((out / "report.json").read_text())
@@ -154,3 +159,14 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
     student = next(r for r in report["rows"] if r["name"] == "L3")
     assert student["macs"] < 0.6 * report["rows"][0]["macs"]
     assert artifact.load(out / "model", format="onnx")["chosen"] == chosen["name"]
+
+
+def test_default_grid_file_is_the_builtin_grid():
+    from compress.search import Grid, load_grid, plan
+
+    from conftest import ROOT
+
+    assert load_grid(ROOT / "configs" / "grid-default.yaml") == Grid()
+    names = [n.name for n in plan(6, Grid()) if n.stage == "quantize"]
+    # static INT8 only on unfused exports: 3 bases x (O2 dynamic, none dynamic, none static)
+    assert len(names) == 9 and "L3-onnx-O2-int8-static" not in names and "L3-onnx-int8-static" in names
