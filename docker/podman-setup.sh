@@ -18,7 +18,9 @@ set -euo pipefail
 CACHE=${SLIMSHIP_CACHE:-/var/cache/slimship}
 CONF=$CACHE/containers
 BASE_NAME=${SLIMSHIP_BASE_IMAGE:-docker.io/library/python:3.11-slim}
-BASE_ARCHIVE=$CACHE/base-python-3.11-slim.tar
+# Bump when the base recipe below changes: an older cached base (image or archive) is then rebuilt.
+BASE_RECIPE=2
+BASE_ARCHIVE=$CACHE/base-python-3.11-slim.r$BASE_RECIPE.tar
 SUITE=bookworm   # Debian bookworm ships Python 3.11, the version the tag promises
 PACKAGES="buildah podman skopeo umoci debootstrap runc fuse-overlayfs slirp4netns uidmap
           containernetworking-plugins golang-github-containers-common docker-registry"
@@ -83,12 +85,13 @@ debian_mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-if podman image exists "$BASE_NAME" 2>/dev/null; then
+base_recipe() { podman image inspect --format '{{ index .Labels "io.slimship.base-recipe" }}' "$BASE_NAME" 2>/dev/null || true; }
+
+if [ "$(base_recipe)" = "$BASE_RECIPE" ]; then
     log "base image $BASE_NAME present"
 elif [ -s "$BASE_ARCHIVE" ]; then
     log "loading base image from $BASE_ARCHIVE"
     podman load -q -i "$BASE_ARCHIVE" >&2
-    podman image exists "$BASE_NAME" || podman tag "$(podman images -q | head -n1)" "$BASE_NAME"
 else
     mirror=$(debian_mirror)
     rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
@@ -98,20 +101,23 @@ else
         "$SUITE" "$rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
         || { log "debootstrap failed, see $CACHE/debootstrap.log"; exit 1; }
     # Look like python:3.11-slim where it matters: `python` on the PATH, pip allowed into venvs and
-    # the system (no EXTERNALLY-MANAGED marker), no apt lists, docs or man pages.
+    # the system (no EXTERNALLY-MANAGED marker), and, like Debian's slim images, no apt lists, docs, man pages
+    # or message translations.
     ln -sf python3 "$rootfs/usr/bin/python"
     rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/usr/share/doc/* \
-           "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*
+           "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*
     tar -C "$rootfs" -c . | podman import -q \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["python3"]' \
+        --change "LABEL io.slimship.base-recipe=$BASE_RECIPE" \
         - "$BASE_NAME" >&2
     rm -rf "$rootfs"; trap - EXIT
     log "caching base image as $BASE_ARCHIVE"
     podman save -q -o "$BASE_ARCHIVE.tmp" "$BASE_NAME" >&2
     mv "$BASE_ARCHIVE.tmp" "$BASE_ARCHIVE"
+    find "$CACHE" -maxdepth 1 -name 'base-python-3.11-slim*.tar' ! -path "$BASE_ARCHIVE" -delete  # older recipes
 fi
 
 cat <<EOF
