@@ -4,7 +4,8 @@
 
 For each ONNX artifact: build its bento and CPU image (slimship containerize's code path, layer cache warm),
 then start the image --runs times on a free loopback port and time `podman run -d` returning -> /readyz 200,
-and the first /classify. Prints a markdown table for docs/BENCHMARKS.md ("Container image"), with the load
+and the first /classify; interleaved with the same bento under `bentoml serve` on the host (no container) as
+the baseline, so the ratio shows what the container itself costs. Prints a markdown table for docs/BENCHMARKS.md ("Container image"), with the load
 average, because the machine is shared and start-up time scales with it.
 """
 
@@ -50,6 +51,24 @@ def time_start(builder: containers.Builder, tag: str, threads: int) -> tuple[flo
     return t1 - t0, ready, first_ms
 
 
+def time_host_start(bento: str, threads: int) -> float:
+    """Baseline: the same bento served by `bentoml serve` on the host, no container; seconds to /readyz."""
+    import subprocess
+
+    port = free_port()
+    env = {**os.environ, "SLIMSHIP_THREADS": str(threads)}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", bento, "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        containers.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120,
+                              container_alive=lambda: proc.poll() is None)
+        return time.monotonic() - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="ONNX artifact dir (repeatable)")
@@ -75,25 +94,30 @@ def main() -> None:
         result = containers.containerize(bento=bento, tag=f"localhost/slimship-bench:{bento.split(':')[1]}",
                                          builder=builder)
         build_s = time.monotonic() - t
-        starts = [time_start(builder, result["tag"], args.threads) for _ in range(args.runs)]
+        starts, host = [], []
+        for _ in range(args.runs):  # interleaved, so both see the same machine load
+            starts.append(time_start(builder, result["tag"], args.threads))
+            host.append(time_host_start(bento, args.threads))
         builder.cmd("rmi", "-f", result["tag"], check=False)
         ready = [s[1] for s in starts]
         rows.append({"model": f"{Path(model_dir).name} ({manifest.get('kind')}, {model_mb:.0f} MB)",
                      "size_mb": result["size"] / 1e6, "build_s": build_s,
                      "run_s": statistics.median(s[0] for s in starts),
                      "ready_med": statistics.median(ready), "ready_min": min(ready), "ready_max": max(ready),
-                     "first_ms": statistics.median(s[2] for s in starts)})
+                     "first_ms": statistics.median(s[2] for s in starts),
+                     "host_ready_med": statistics.median(host)})
         print(json.dumps(rows[-1]), file=sys.stderr)
 
     load1, load5, _ = os.getloadavg()
     print(f"builder: {builder.name}; {args.runs} starts per image; SLIMSHIP_THREADS={args.threads}; "
           f"load average at the end {load1:.1f} / {load5:.1f} (2 cores)\n")
     print("| model | image size | build (layers warm) | `run -d` returns | run -> /readyz median (min-max) "
-          "| first /classify |")
-    print("|---|---|---|---|---|---|")
+          "| host `bentoml serve` -> /readyz | container / host | first /classify |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['size_mb']:.0f} MB | {r['build_s']:.0f} s | {r['run_s']:.2f} s | "
-              f"{r['ready_med']:.2f} s ({r['ready_min']:.2f}-{r['ready_max']:.2f}) | {r['first_ms']:.0f} ms |")
+              f"{r['ready_med']:.2f} s ({r['ready_min']:.2f}-{r['ready_max']:.2f}) | {r['host_ready_med']:.2f} s | "
+              f"{r['ready_med'] / r['host_ready_med']:.2f} | {r['first_ms']:.0f} ms |")
 
 
 if __name__ == "__main__":
