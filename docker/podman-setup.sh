@@ -15,7 +15,8 @@
 # Progress goes to stderr; stdout carries only the `export` lines.
 set -euo pipefail
 
-CACHE=${SLIMSHIP_CACHE:-/var/cache/slimship}
+if [ "$(id -u)" = 0 ]; then default_cache=/var/cache/slimship; else default_cache=${XDG_CACHE_HOME:-$HOME/.cache}/slimship; fi
+CACHE=${SLIMSHIP_CACHE:-$default_cache}
 CONF=$CACHE/containers
 BASE_NAME=${SLIMSHIP_BASE_IMAGE:-docker.io/library/python:3.11-slim}
 # Bump when the base recipe below changes: an older cached base (image or archive) is then rebuilt.
