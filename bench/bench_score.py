@@ -30,7 +30,7 @@ SST2 = ROOT.parent / "shared" / "datasets" / "sst2"
 THREADS = str(len(os.sched_getaffinity(0)))
 
 
-def build_models(work: Path, train_rows: int) -> dict[str, Path]:
+def build_models(work: Path, train_rows: int, distill_rows: int) -> dict[str, Path]:
     """Teacher (PyTorch FP32), teacher INT8 ONNX, compressed (3-layer distilled INT8 ONNX); cached in work."""
     from compress.distill import DistillConfig, distill
     from compress.export import export
@@ -45,7 +45,8 @@ def build_models(work: Path, train_rows: int) -> dict[str, Path]:
     if not (paths["teacher"] / "manifest.json").exists():
         train("minilm", SST2, paths["teacher"], TrainConfig(learning_rate=5e-5, **common))
     if not (paths["student"] / "manifest.json").exists():
-        distill(paths["teacher"], SST2, paths["student"], DistillConfig(layers=3, learning_rate=1e-4, **common))
+        distill(paths["teacher"], SST2, paths["student"],
+                DistillConfig(layers=3, learning_rate=1e-4, **{**common, "max_train_rows": distill_rows}))
     for source in ("teacher", "student"):
         if not (paths[f"{source}-onnx"] / "manifest.json").exists():
             export(paths[source], paths[f"{source}-onnx"])
@@ -125,7 +126,8 @@ def accuracy(model: Path) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/slimship-bench-score")
-    parser.add_argument("--train-rows", type=int, default=4000, help="SST-2 rows for teacher and student")
+    parser.add_argument("--train-rows", type=int, default=4000, help="SST-2 rows to fine-tune the teacher on")
+    parser.add_argument("--distill-rows", type=int, default=1500, help="SST-2 rows to distil the student on")
     parser.add_argument("--pipeline-rows", type=int, default=5000)
     parser.add_argument("--pipeline-batch-size", type=int, default=64)
     parser.add_argument("--memory-rows", type=int, default=1_000_000)
@@ -137,7 +139,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    models = build_models(work, args.train_rows)
+    models = build_models(work, args.train_rows, args.distill_rows)
     texts = work / "sst2-train-texts.csv"
     n = write_texts(SST2 / "train.csv", texts, None)
     big = work / f"sst2-train-texts-{args.memory_rows}.csv"

@@ -96,18 +96,21 @@ def start_ray() -> bool:
         return False
     from serve.runtime import default_threads
 
-    ray.init(num_cpus=default_threads(), include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=max(2, default_threads()), include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="warning")
     return True
 
 
-READ_CPUS = 0.5   # CPUs a read task asks for; the actors leave this much free, or reads would never be scheduled
+# Ray schedules by logical CPUs. The actors together leave one CPU unreserved, or the read operators (a file
+# listing task, then read tasks asking for READ_CPUS each) could never be scheduled beside them and the job would
+# hang; the real work is bounded by each actor's ONNX Runtime threads, not by these numbers.
+READ_CPUS = 0.5
 
 
 def read_dataset(files: list[Path], cfg: ScoreConfig):
     import ray
 
-    read_args = {"ray_remote_args": {"num_cpus": READ_CPUS}}
+    read_args = {"num_cpus": READ_CPUS}
 
     formats = {file_format(f) for f in files}
     if len(formats) > 1:
@@ -139,7 +142,7 @@ def score_on_ray(cfg: ScoreConfig, files: list[Path], labels: list[str], sink: C
         context.enable_progress_bars = False               # ours counts committed rows
         cpus = int(ray.cluster_resources().get("CPU", 1))
         actors = cfg.workers or cpus
-        actor_cpus = max(0.1, min(1.0, (cpus - READ_CPUS) / actors))
+        actor_cpus = max(0.05, min(1.0, (cpus - 1) / actors))
         fmt, dataset = read_dataset(files, cfg)
         scored = dataset.map_batches(
             ScoringActor, batch_format="pyarrow", batch_size=cfg.chunk_rows,
