@@ -39,6 +39,10 @@ class ContainerError(UserError):
     """A builder is missing, or building, running or pushing an image failed."""
 
 
+class NoBuilder(ContainerError):
+    """Neither a Docker engine nor podman/buildah is here, and they cannot be installed (not root, no apt)."""
+
+
 @dataclass
 class Builder:
     """A container tool and the environment it runs with (the daemonless config for podman/buildah)."""
@@ -97,7 +101,7 @@ def daemonless_env(install: bool = True) -> dict[str, str]:
         raise ContainerError(f"{SETUP_SCRIPT} is missing (containerize runs from a slimship checkout)")
     have_tools = shutil.which("podman") or shutil.which("buildah")
     if not have_tools and (not install or os.geteuid() != 0 or not shutil.which("apt-get")):
-        raise ContainerError("no container builder: install Docker, or podman/buildah "
+        raise NoBuilder("no container builder: install Docker, or podman/buildah "
                              "(as root on Debian/Ubuntu: bash docker/podman-setup.sh)")
     stage_log("preparing the daemonless builder (docker/podman-setup.sh)")
     proc = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, env=env)
@@ -124,7 +128,7 @@ def detect(backend: str = "auto") -> Builder:
     for name in wanted:
         if shutil.which(name, path=env.get("PATH")):
             return Builder(name, env)
-    raise ContainerError(f"{' or '.join(wanted)} is not installed; run docker/podman-setup.sh as root")
+    raise NoBuilder(f"{' or '.join(wanted)} is not installed; run docker/podman-setup.sh as root")
 
 
 # ---- the build context --------------------------------------------------------------------------------------
