@@ -42,12 +42,17 @@ class _Job:
 
 class AdaptiveBatcher:
     def __init__(self, infer: Callable[[list[str]], np.ndarray], *, max_batch_size: int, max_latency_ms: int,
-                 max_queue: int, seconds_per_text: float = 0.002):
+                 max_queue: int, seconds_per_text: float = 0.002, seconds_per_batch: float = 0.0):
         self.infer = infer                      # texts -> logits (rows in order); runs on the inference thread
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000
         self.max_queue = max_queue
-        self.seconds_per_text = seconds_per_text  # running estimate, refined after every batch
+        # Cost model of one batch of n texts: seconds_per_batch + n * seconds_per_text, refitted on recent batches
+        # (a fixed cost per call plus a cost per text: extrapolating a small batch's cost per text to a large
+        # queue would overestimate the wait, since batching amortises the fixed part).
+        self.seconds_per_text = seconds_per_text
+        self.seconds_per_batch = seconds_per_batch
+        self.samples: deque[tuple[int, float]] = deque(maxlen=64)
         self.queued_texts = 0
         self.running_texts = 0
         self.shed = 0
@@ -56,9 +61,35 @@ class AdaptiveBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
+    def batch_seconds(self, n: int) -> float:
+        return self.seconds_per_batch + n * self.seconds_per_text if n > 0 else 0.0
+
     def predicted_wait(self) -> float:
-        """Seconds a request arriving now would wait before its own inference starts."""
-        return (self.queued_texts + self.running_texts) * self.seconds_per_text
+        """Seconds a request arriving now would wait before its own batch starts: the running batch (counted
+        whole, to be safe) plus every full batch queued ahead of it. Texts queued beyond the last full batch
+        share the request's own batch, so they are not a wait: a queue shorter than one batch never sheds,
+        since refusing a request that joins the next batch anyway would make nobody's answer come sooner."""
+        full_batches_ahead = self.queued_texts // self.max_batch_size
+        return self.batch_seconds(self.running_texts) + full_batches_ahead * self.batch_seconds(self.max_batch_size)
+
+    def overloaded(self) -> int | None:
+        """Retry-After seconds if a new request would be shed now, else None (cheap: for early shedding)."""
+        wait = self.predicted_wait()
+        if wait > self.max_latency or self.queued_texts + self.running_texts >= self.max_queue:
+            return max(1, math.ceil(wait))
+        return None
+
+    def record(self, n: int, seconds: float) -> None:
+        """Refit the cost model on the latest batches (least squares when their sizes differ)."""
+        self.samples.append((n, seconds))
+        sizes = np.array([s[0] for s in self.samples], dtype=np.float64)
+        times = np.array([s[1] for s in self.samples])
+        if len(self.samples) >= 4 and sizes.min() != sizes.max():
+            per_batch, per_text = np.linalg.lstsq(np.stack([np.ones_like(sizes), sizes], 1), times, rcond=None)[0]
+            if per_text > 0:
+                self.seconds_per_batch, self.seconds_per_text = max(0.0, float(per_batch)), float(per_text)
+                return
+        self.seconds_per_text = 0.8 * self.seconds_per_text + 0.2 * max(0.0, seconds - self.seconds_per_batch) / n
 
     async def submit(self, texts: Sequence[str]) -> np.ndarray:
         """Logits for ``texts``, computed in a shared batch; raises Overloaded instead of waiting too long.
@@ -115,9 +146,7 @@ class AdaptiveBatcher:
                 continue
             finally:
                 self.running_texts = 0
-            elapsed = time.perf_counter() - start
-            # Exponential moving average of the cost per text; batches amortise overhead, so this adapts to load.
-            self.seconds_per_text = 0.8 * self.seconds_per_text + 0.2 * elapsed / len(texts)
+            self.record(len(texts), time.perf_counter() - start)
             offset = 0
             for job in jobs:
                 n = len(job.texts)

@@ -1,4 +1,5 @@
-"""ASGI middleware: refuse request bodies larger than a limit (413) or not UTF-8 (400), before anything parses them.
+"""ASGI middleware: refuse request bodies larger than a limit (413) or not UTF-8 (400), before anything parses them,
+and shed requests early (503 + Retry-After) while the batcher is overloaded.
 
 BentoML 1.4 has no request-size limit of its own, so a client could make a worker buffer and parse an arbitrarily
 large JSON document. A declared Content-Length over the limit is refused without reading the body; otherwise the
@@ -11,22 +12,33 @@ from __future__ import annotations
 import json
 
 
-async def _send_error(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _send_error(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = (),
+                      close: bool = True) -> None:
+    """A JSON error; ``close`` ends the connection (the unread body of a refused upload is not worth draining)."""
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *headers]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class BodySizeLimit:
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, shed_path: str | None = None, overloaded: list | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Early shedding: overloaded[0]() -> Retry-After seconds or None. Checked before the body is read or
+        # parsed, so an overloaded server spends next to nothing on a request it is going to refuse anyway.
+        self.shed_path = shed_path
+        self.overloaded = overloaded or [None]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
+        check = self.overloaded[0]
+        if check is not None and scope.get("path") == self.shed_path and (retry_after := check()) is not None:
+            return await _send_error(send, 503, "server overloaded: retry later",
+                                     [(b"retry-after", str(retry_after).encode())], close=False)
         limit = self.max_body_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:

@@ -109,17 +109,17 @@ class Classify:
         self.ready = False
         threading.Thread(target=self._warm_up, name="slimship-warmup", daemon=True).start()
         _SERVICE[0] = self
+        SHED_EARLY[0] = self.batcher.overloaded
 
     def _warm_up(self) -> None:
         """First inferences allocate ORT's buffers; measure the cost per text for the batcher's admission."""
         deadline = time.monotonic() + SETTINGS.warmup_s
         while True:
-            for size in (1, SETTINGS.max_batch_size):
+            for size in (1, 2, SETTINGS.max_batch_size // 2, SETTINGS.max_batch_size):
                 texts = (WARMUP_TEXTS * size)[:size]
                 start = time.perf_counter()
                 self.classifier.logits(texts)
-                per_text = (time.perf_counter() - start) / size
-            self.batcher.seconds_per_text = per_text
+                self.batcher.record(size, time.perf_counter() - start)
             if time.monotonic() >= deadline:
                 break
         self.ready = True
@@ -153,4 +153,6 @@ async def metadata(request: Request) -> JSONResponse:
 
 
 Classify.mount_asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
-Classify.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)
+SHED_EARLY: list = [None]  # the worker's batcher.overloaded, for the middleware (it runs before the service)
+Classify.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes, shed_path="/classify",
+                             overloaded=SHED_EARLY)
