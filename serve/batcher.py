@@ -7,8 +7,8 @@ request at once (no fixed wait to "fill" a batch), and a busy one forms larger b
 Why not BentoML's own batching (``@bentoml.api(batchable=True)``): its queue is unbounded, it has no per-request
 options (the last caller's keyword arguments apply to the whole batch), and its latency model shed 73% of requests
 at 32 clients on a 2-core box. Here a request is refused *at admission*, before it waits, when the predicted
-queue wait (texts ahead of it x measured seconds per text) exceeds ``max_latency_ms`` or the queue (with the
-running batch) would hold more than ``max_queue`` texts: the client gets a fast 503 with Retry-After, accepted
+queue wait (the running batch plus the full batches queued ahead of it, at a measured per-batch cost) exceeds
+``max_latency_ms``, or the queue (with the running batch) would hold more than ``max_queue`` texts: the client gets a fast 503 with Retry-After, accepted
 requests keep a bounded latency, and memory stays bounded by the queue size.
 """
 
