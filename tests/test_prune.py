@@ -170,3 +170,29 @@ def test_minilm_chain_on_sst2_stays_above_chance(sst2_dir, tmp_path):
     print("pruning trace:", json.dumps(trace))
     assert all(value > 0.6 for value in accuracy.values()), accuracy
     assert artifact.load(pruned)["after"]["macs"] < 0.6 * artifact.load(student)["macs"]
+
+
+def test_a_crashed_prune_resumes_without_redoing_finished_steps(tiny_teacher, demo_data, tmp_path, monkeypatch):
+    import compress.prune as prune_module
+
+    real_step, calls = prune_module.prune_step, []
+
+    def crash_on_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(prune_module, "prune_step", crash_on_second_step)
+    cfg = PruneConfig(heads=0.5, ffn=0.5, steps=2, recovery_epochs=0, max_length=32, max_eval_rows=50,
+                      importance="magnitude")
+    out = tmp_path / "pruned"
+    with pytest.raises(KeyboardInterrupt):
+        prune(tiny_teacher, demo_data, out, cfg)
+    assert not out.exists()                                            # no half-written artifact
+    calls.clear()
+    prune(tiny_teacher, demo_data, out, PruneConfig(**{**cfg.as_dict(), "resume": True}))
+    assert len(calls) == 1                                             # step 1 came from the work dir
+    manifest = artifact.load(out)
+    assert manifest["after"]["shape"]["heads"] == 2 and manifest["after"]["shape"]["ffn"] == 128
+    assert [s["step"] for s in manifest["pruning"]["steps"]] == [1, 2]
