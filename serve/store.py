@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,6 +87,9 @@ def build_bento(model_dir: str | Path, *, name: str = MODEL_NAME, version: str |
     if not BENTOFILE.is_file():
         raise UserError(f"{BENTOFILE} not found: `slimship build` needs the project's bentofile.yaml")
     tag = import_artifact(model_dir, name)
+    # The service module binds its model when imported; forget an earlier import so this build sees this tag.
+    for module in ("serve.service", "serve.settings"):
+        sys.modules.pop(module, None)
     with _env(SLIMSHIP_MODEL=tag):
         bento = bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(PROJECT_ROOT), version=version,
                                                args={"model": tag})
