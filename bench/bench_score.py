@@ -85,6 +85,11 @@ def measured_rss(cmd: list[str]) -> dict:
     return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out.strip()}
 
 
+def logged(result: dict, name: str) -> dict:
+    print(f"# {name}: {json.dumps({k: v for k, v in result.items() if k != 'stdout'})}", flush=True)
+    return result
+
+
 def slimship_score(model: Path, source: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "slimship", "score", "--model", str(model), "--input", str(source),
            "--output", str(out), "--overwrite", "--quiet", *extra]
@@ -93,7 +98,7 @@ def slimship_score(model: Path, source: Path, out: Path, *extra: str) -> dict:
     # "... ; 12.3 s, 5,432 rows/s (local) -> ..." : the scorer's own rows/s (model load excluded)
     result["rows_per_s"] = float(summary.split(" s, ")[1].split(" rows/s")[0].replace(",", ""))
     result["rows"] = int(summary.split("rows in ")[1].split(", rows out")[0].replace(",", ""))
-    return result
+    return logged(result, f"{model.name} on {source.name} {' '.join(extra)}")
 
 
 def pipeline_worker(model: str, source: str, rows: int, batch_size: int) -> None:
@@ -123,6 +128,21 @@ def accuracy(model: Path) -> float | None:
     return None
 
 
+def memory_check(model: Path, work: Path, memory_rows: int) -> None:
+    """Peak RSS of the same scoring command on the 67k texts and on them repeated to ``memory_rows``."""
+    texts = work / "sst2-train-texts.csv"
+    n = write_texts(SST2 / "train.csv", texts, None)
+    big = work / f"sst2-train-texts-{memory_rows}.csv"
+    write_texts(SST2 / "train.csv", big, memory_rows)
+    small_run = slimship_score(model, texts, work / "mem-small.parquet")
+    big_run = slimship_score(model, big, work / "mem-big.parquet")
+    print(f"| rows | rows/s | peak RSS MB |\n|---|---|---|")
+    for r in (small_run, big_run):
+        print(f"| {r['rows']:,} | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} |")
+    print(f"\nmodel {model}: peak RSS at {memory_rows:,} rows / at {n:,} rows = "
+          f"{big_run['peak_rss_mb'] / small_run['peak_rss_mb']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/slimship-bench-score")
@@ -130,7 +150,9 @@ def main() -> None:
     parser.add_argument("--distill-rows", type=int, default=1500, help="SST-2 rows to distil the student on")
     parser.add_argument("--pipeline-rows", type=int, default=5000)
     parser.add_argument("--pipeline-batch-size", type=int, default=64)
-    parser.add_argument("--memory-rows", type=int, default=1_000_000)
+    parser.add_argument("--memory-rows", type=int, default=1_000_000, help="0: skip the memory check")
+    parser.add_argument("--memory-only", metavar="MODEL",
+                        help="only the memory check: MODEL on the 67k texts and on --memory-rows rows")
     parser.add_argument("--pipeline-worker", nargs=3, metavar=("MODEL", "SOURCE", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pipeline_worker:
@@ -139,11 +161,14 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.memory_only:
+        return memory_check(Path(args.memory_only), work, args.memory_rows)
     models = build_models(work, args.train_rows, args.distill_rows)
     texts = work / "sst2-train-texts.csv"
     n = write_texts(SST2 / "train.csv", texts, None)
     big = work / f"sst2-train-texts-{args.memory_rows}.csv"
-    write_texts(SST2 / "train.csv", big, args.memory_rows)
+    if args.memory_rows:
+        write_texts(SST2 / "train.csv", big, args.memory_rows)
 
     rows = []
     compressed = slimship_score(models["student-int8"], texts, work / "out-compressed.parquet")
@@ -156,11 +181,13 @@ def main() -> None:
     torch_run = measured_rss([sys.executable, __file__, "--pipeline-batch-size", str(args.pipeline_batch_size),
                               "--pipeline-worker", str(models["teacher"]), str(texts), str(args.pipeline_rows)])
     torch_run.update(json.loads(torch_run["stdout"].splitlines()[-1]))
+    logged(torch_run, "pytorch pipeline")
     rows.append((f"HF pipeline, PyTorch FP32 teacher (first {args.pipeline_rows:,} rows, batch "
                  f"{args.pipeline_batch_size})", models["teacher"], torch_run))
-    memory = slimship_score(models["student-int8"], big, work / "out-big.parquet")
-    rows.append((f"slimship score, compressed, {args.memory_rows:,} rows (memory check)", models["student-int8"],
-                 memory))
+    if args.memory_rows:
+        memory = slimship_score(models["student-int8"], big, work / "out-big.parquet")
+        rows.append((f"slimship score, compressed, {args.memory_rows:,} rows (memory check)",
+                     models["student-int8"], memory))
 
     base = torch_run["rows_per_s"]
     print(f"\nSST-2 train texts: {n:,} rows; {THREADS} threads; peak RSS = the scoring process's own\n")
@@ -172,8 +199,9 @@ def main() -> None:
               f"{r['peak_rss_mb']:,.0f} |" if acc is not None else
               f"| {name} | - | {r['rows']:,} | {r['rows_per_s']:,.0f} | {r['rows_per_s'] / base:.1f}× | "
               f"{r['peak_rss_mb']:,.0f} |")
-    print(f"\nmemory: peak RSS at {args.memory_rows:,} rows / at {n:,} rows = "
-          f"{memory['peak_rss_mb'] / compressed['peak_rss_mb']:.2f}")
+    if args.memory_rows:
+        print(f"\nmemory: peak RSS at {args.memory_rows:,} rows / at {n:,} rows = "
+              f"{memory['peak_rss_mb'] / compressed['peak_rss_mb']:.2f}")
     (work / "results.json").write_text(json.dumps(
         [{"run": name, "model": str(model), "accuracy": accuracy(model), **{k: v for k, v in r.items()
                                                                             if k != "stdout"}}
