@@ -20,7 +20,7 @@ from slimship.commands import add_data_arguments, add_training_arguments, requir
 
 
 def layers_option(text: str):
-    """"3" keeps three evenly spaced layers; "0,2,5" keeps exactly those (0-based)."""
+    """"3" keeps three evenly spaced layers; "0,2,5" keeps exactly those (0-based); "0," keeps layer 0 only."""
     try:
         values = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
@@ -38,7 +38,7 @@ def add_arguments(parser) -> None:
     group = parser.add_argument_group("distillation")
     group.add_argument("--layers", default="3",
                        help="student depth: N teacher layers evenly spaced (default 3), or a comma list of "
-                            "0-based layer indices to keep, e.g. 0,2,5")
+                            "0-based layer indices to keep, e.g. 0,2,5 (one index: 0,)")
     group.add_argument("--student",
                        help="instead of dropping layers: a smaller model's config.json (random init), a "
                             "checkpoint dir or a built-in name; it must use the teacher's tokenizer")
