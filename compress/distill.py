@@ -214,15 +214,6 @@ def distill_trainer_class():
     return DistillTrainer
 
 
-def trained_model(trainer):
-    """The trained model without accelerate's mixed-precision forward wrapper.
-
-    Under AMP the Trainer's model keeps running its forward in bf16/fp16 autocast after training; the saved
-    weights are fp32 and reload without it, so metrics of the artifact must come from the unwrapped model.
-    """
-    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-
-
 class KDDataset(TokenizedDataset):
     """Tokenized training rows that carry the teacher's logits (a plain list per row, so the collator stacks it)."""
 
@@ -310,7 +301,7 @@ def distill(teacher_dir, data, out, cfg: DistillConfig) -> Path:
     outcome = recipe.run(trainer, cfg, work_dir)
 
     if recipe.is_main_process():
-        student = trained_model(trainer)
+        student = recipe.trained_model(trainer)
         teacher_metrics = evaluate_model(teacher, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
         metrics = evaluate_model(student, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
         teacher_profile = model_profile(teacher, cfg.max_length)

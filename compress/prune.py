@@ -291,7 +291,8 @@ def _load_model(path: Path):
 
 def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     """Prune a PyTorch artifact's model in ``cfg.steps`` steps with recovery, and write a PyTorch artifact."""
-    from compress.distill import distill_trainer_class, kd_train_set, metric_delta, trained_model
+    from compress.distill import distill_trainer_class, kd_train_set, metric_delta
+    from train.recipe import trained_model
     from compress.profile import example_inputs, model_profile, weights_size
     from train import recipe
     from train.recipe import TokenizedDataset

@@ -268,6 +268,15 @@ def run(trainer, cfg: TrainConfig, work_dir: Path) -> dict[str, Any]:
     }
 
 
+def trained_model(trainer):
+    """The trained model without accelerate's mixed-precision forward wrapper.
+
+    Under AMP the Trainer's model keeps running its forward in bf16/fp16 autocast after training; the saved
+    weights are fp32 and reload without it, so an artifact's metrics must come from the unwrapped model.
+    """
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
 def finish_distributed() -> None:
     """Under torchrun: wait for every rank, then tear the process group down so the launcher sees success."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -102,13 +102,14 @@ def train(model: str, data: str | Path, out: str | Path, cfg: TrainConfig, *,
     outcome = recipe.run(trainer, cfg, work_dir)
 
     if recipe.is_main_process():
-        metrics = evaluate_model(trainer.model, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+        net = recipe.trained_model(trainer)
+        metrics = evaluate_model(net, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
         config = {"model": model, "data": str(data), **cfg.as_dict()}
         with artifact.create(out, "train", format="pytorch", config=config) as art:
-            save_model_artifact(art, trainer.model, tokenizer)
+            save_model_artifact(art, net, tokenizer)
             art.manifest.update(
                 labels=loaded.labels, max_length=cfg.max_length, base_model=model, metrics=metrics, amp=amp,
-                early_stopping=outcome, parameters=count_parameters(trainer.model),
+                early_stopping=outcome, parameters=count_parameters(net),
                 data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
                       for name, s in loaded.splits.items()},
             )
