@@ -162,7 +162,9 @@ def main() -> None:
                             patience=1, quiet=True)
     teacher = RESULTS / "teacher"
     try:
-        artifact.load(teacher)
+        cached = artifact.load(teacher)
+        if cached["config"].get("max_train_rows") != args.train_rows:
+            raise ValueError("cached teacher was trained on a different number of rows")
         print(f"teacher: cached {teacher}")
     except Exception:
         train("minilm", SST2, teacher, train_cfg)
