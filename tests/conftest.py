@@ -27,20 +27,21 @@ def demo_data() -> Path:
     return DEMO_DATA
 
 
-@pytest.fixture(scope="session")
-def sst2_dir() -> Path:
-    path = SHARED_DATASETS / "sst2"
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
     if not (path / "train.csv").is_file():
         pytest.skip(f"real dataset not available: {path} is absent (it lives in ../shared beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    return shared_dataset("sst2")
 
 
 @pytest.fixture(scope="session")
 def agnews_dir() -> Path:
-    path = SHARED_DATASETS / "ag_news"
-    if not (path / "train.csv").is_file():
-        pytest.skip(f"real dataset not available: {path} is absent (it lives in ../shared beside the checkout)")
-    return path
+    return shared_dataset("ag_news")
 
 
 @pytest.fixture(scope="session")
