@@ -17,6 +17,7 @@ import numpy as np
 from slimship import manifest as artifact
 from slimship.data import LabelledData, load_data
 from slimship.manifest import stage_log
+from compress.profile import count_parameters
 from slimship.metrics import classification_metrics
 from train import recipe
 from train.models import load_classifier, load_tokenizer
@@ -77,10 +78,6 @@ def evaluate_model(model, tokenizer, data: LabelledData, max_length: int, batch_
 def save_model_artifact(builder, model, tokenizer) -> None:
     model.save_pretrained(builder.dir, safe_serialization=True)
     tokenizer.save_pretrained(builder.dir)
-
-
-def count_parameters(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def train(model: str, data: str | Path, out: str | Path, cfg: TrainConfig, *,
