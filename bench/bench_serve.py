@@ -2,6 +2,8 @@
 
     python bench/bench_serve.py                      # minilm trained briefly on SST-2 (needs ../shared/datasets)
     python bench/bench_serve.py --model tiny         # the random 2-layer test model, on the demo data
+    python bench/bench_serve.py --teacher bench/results/headline/teacher \
+        --compressed bench/results/headline/compressed/model   # the headline's teacher and compressed model
 
 1. Artifacts (cached under bench/results/serve-<model>/): train the model briefly with slimship's train stage,
    export to ONNX (parity gate), quantize dynamic INT8. The teacher (PyTorch FP32) is what the naive service serves.
@@ -42,18 +44,22 @@ def log(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- artifacts
-def artifacts(model: str, rows: int) -> dict[str, Path]:
-    """teacher (PyTorch FP32), onnx (FP32), int8 (dynamic), cached: each stage runs only if its output is absent."""
+def artifacts(model: str, rows: int, data: Path, teacher: Path | None = None) -> dict[str, Path]:
+    """teacher (PyTorch FP32), onnx (FP32), int8 (dynamic), cached: each stage runs only if its output is absent.
+
+    With ``teacher`` (a trained PyTorch artifact) that one is exported and quantized instead of a brief fine-tune."""
     from compress.export import export
     from compress.quantize import QuantizeConfig, quantize
     from train.recipe import TrainConfig
     from train.stage import train
 
-    data = SST2 if model == "minilm" else ROOT / "examples" / "sentiment"
     if not (data / "train.csv").is_file():
         raise SystemExit(f"{data} is absent: run with --model tiny (demo data) instead")
     base = RESULTS / f"serve-{model}"
-    paths = {"teacher": base / "teacher", "onnx": base / "onnx", "int8": base / "int8"}
+    if teacher is not None:
+        base = RESULTS / f"serve-{teacher.resolve().parent.name}-{teacher.name}"
+        base.mkdir(parents=True, exist_ok=True)
+    paths = {"teacher": teacher or base / "teacher", "onnx": base / "onnx", "int8": base / "int8"}
     if not (paths["teacher"] / "manifest.json").is_file():
         log(f"training {model} on {rows} rows of {data} (1 epoch, max_length 64)")
         cfg = TrainConfig(epochs=1, max_train_rows=rows, max_eval_rows=872, max_length=64, batch_size=32,
@@ -66,11 +72,10 @@ def artifacts(model: str, rows: int) -> dict[str, Path]:
     return paths
 
 
-def request_bodies(model: str) -> Path:
-    data = SST2 if model == "minilm" else ROOT / "examples" / "sentiment"
+def request_bodies(model: str, data: Path) -> Path:
     with open(data / "validation.csv", newline="") as f:
         texts = [row["text"] for row in csv.DictReader(f) if row["text"].strip()]
-    out = RESULTS / f"serve-{model}" / "bodies.jsonl"
+    out = RESULTS / f"bodies-{data.name}.jsonl"
     out.write_text("".join(json.dumps({"texts": [t]}) + "\n" for t in texts))
     return out
 
@@ -229,34 +234,47 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=int, default=8)
     parser.add_argument("--prepare-only", action="store_true", help="build (cache) the artifacts and stop")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--teacher", type=Path, help="a trained PyTorch artifact to serve (naive) and to export and "
+                        "quantize (slimship INT8), instead of a brief fine-tune")
+    parser.add_argument("--data", type=Path, help="dataset dir (train.csv, validation.csv) whose validation texts "
+                        "are the requests (default: SST-2 for minilm, the demo data for tiny)")
+    parser.add_argument("--compressed", type=Path, help="an ONNX artifact from `slimship compress`, served by "
+                        "slimship as a further row")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    paths = artifacts(args.model, args.rows)
+    data = args.data or (SST2 if args.model == "minilm" else ROOT / "examples" / "sentiment")
+    paths = artifacts(args.model, args.rows, data, args.teacher)
     if args.prepare_only:
         return
-    bodies = request_bodies(args.model)
+    bodies = request_bodies(args.model, data)
     clients = [int(c) for c in args.clients.split(",")]
 
     from serve.store import import_artifact
     home = RESULTS / "bentoml"
     os.environ["BENTOML_HOME"] = str(home)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
-    tag = import_artifact(paths["int8"])
-    int8 = json.loads((paths["int8"] / "manifest.json").read_text())
-    teacher = json.loads((paths["teacher"] / "manifest.json").read_text())
+    def val_accuracy(path: Path):
+        return json.loads((path / "manifest.json").read_text()).get("metrics", {}).get("validation", {}).get("accuracy")
+
     results = {"model": args.model, "cpus": os.cpu_count(), "seconds": args.seconds, "services": {},
-               "accuracy": {"slimship int8": int8.get("metrics", {}).get("validation", {}).get("accuracy"),
-                            "teacher fp32": teacher.get("metrics", {}).get("validation", {}).get("accuracy")}}
-    plan = [("slimship (ONNX INT8)", "serve.service:Classify", {"SLIMSHIP_MODEL": tag})]
+               "accuracy": {"slimship int8 teacher": val_accuracy(paths["int8"]),
+                            "teacher fp32": val_accuracy(paths["teacher"])}}
+    plan = []
+    if args.compressed is not None:
+        results["accuracy"]["slimship compressed"] = val_accuracy(args.compressed)
+        plan.append(("slimship (compressed model)", "serve.service:Classify",
+                     {"SLIMSHIP_MODEL": import_artifact(args.compressed)}))
+    plan.append(("slimship (ONNX INT8 teacher)", "serve.service:Classify",
+                 {"SLIMSHIP_MODEL": import_artifact(paths["int8"])}))
     if not args.skip_naive:
         plan.append(("naive BentoML (PyTorch FP32)", "bench.naive_service:Naive",
                      {"BENCH_TEACHER": str(paths["teacher"])}))
     for name, service, env in plan:
         log(f"starting {name}")
-        server = Server(name.split()[0], service, env)
+        server = Server(name.split()[0] + str(len(results["services"])), service, env)
         try:
             results["services"][name] = run_service(server, bodies, clients, args.seconds, args.overload_seconds)
         finally:
