@@ -56,3 +56,51 @@ def test_quantize_cli_and_refusals(tiny_onnx, tmp_path):
     with pytest.raises(UserError, match="already quantized"):
         quantize(out, tmp_path / "twice", QuantizeConfig())
     assert not (tmp_path / "twice").exists()
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_4bit_word_embeddings_shrink_the_file_and_agree(tiny_onnx, tmp_path, mode):
+    """The tiny model's word table (30522 x 64) is most of its file, as in a MiniLM student."""
+    import onnx
+
+    from compress.quantize import QuantizeConfig, quantize
+    from serve.runtime import Classifier
+
+    def run(bits: int):
+        cfg = QuantizeConfig(mode=mode, data=str(DEMO_DATA), calibration=32, embedding_bits=bits)
+        return quantize(tiny_onnx, tmp_path / f"{mode}-emb{bits}", cfg)
+
+    int8, emb4 = run(8), run(4)
+    q8, q4 = artifact.load(int8)["quantization"], artifact.load(emb4)["quantization"]
+    assert q8["embedding_bits"] == 8 and q4["embedding_bits"] == 4 and q4["embedding_block_size"] == 128
+    assert q4["embedding_table"].endswith("word_embeddings.weight") and q4["embedding_shape"][0] == 30522
+    assert (emb4 / "model.onnx").stat().st_size < 0.75 * (int8 / "model.onnx").stat().st_size
+    assert q4["agreement"] >= 0.9 and q4["accuracy_after"] >= q4["accuracy_before"] - 0.05
+
+    # Only the word table is 4-bit: the INT8 pass left the contrib op alone and quantized the rest as before.
+    ops = [n.op_type for n in onnx.load(str(emb4 / "model.onnx"), load_external_data=False).graph.node]
+    assert ops.count("GatherBlockQuantized") == 1
+    assert ops.count("MatMulInteger" if mode == "dynamic" else "DequantizeLinear") > 0
+
+    texts = _validation_texts()
+    before = Classifier(tiny_onnx).logits(texts).argmax(-1)
+    after = Classifier(emb4).logits(texts).argmax(-1)
+    assert np.mean(before == after) >= 0.9
+
+
+def test_embedding_bits_cli_and_refusals(tiny_onnx, tmp_path):
+    out = tmp_path / "emb4"
+    result = subprocess.run(slimship_cmd("quantize", "--model", str(tiny_onnx), "--out", str(out),
+                                         "--embedding-bits", "4", "--embedding-block-size", "32"),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "word embeddings 4-bit" in result.stdout
+    q = artifact.load(out)["quantization"]
+    assert q["embedding_bits"] == 4 and q["embedding_block_size"] == 32
+
+    from compress.quantize import QuantizeConfig, quantize
+
+    with pytest.raises(UserError, match="--embedding-bits must be one of 8, 4"):
+        quantize(tiny_onnx, tmp_path / "b", QuantizeConfig(embedding_bits=2))
+    with pytest.raises(UserError, match="power of two"):
+        quantize(tiny_onnx, tmp_path / "s", QuantizeConfig(embedding_bits=4, embedding_block_size=100))
