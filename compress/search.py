@@ -45,6 +45,7 @@ class Grid:
     prune: list[dict] = field(default_factory=lambda: [{}, {"heads": 0.5, "ffn": 0.5}])
     optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
     quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
+    embedding_bits: list[int] = field(default_factory=lambda: [8])  # 4: word embeddings in 4 bits (smaller file)
     include_teacher: bool = True        # the teacher itself (exported, quantized) is a candidate too
     distill: dict = field(default_factory=dict)         # DistillConfig fields, e.g. {epochs: 3, alpha: 0.5}
     prune_options: dict = field(default_factory=dict)   # PruneConfig fields, e.g. {recovery_epochs: 1}
@@ -66,6 +67,8 @@ class Grid:
         for mode in self.quantize:
             if mode not in QUANTIZE_MODES:
                 raise UserError(f"{source}: quantize {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
+        if not self.embedding_bits or any(b not in (8, 4) for b in self.embedding_bits):
+            raise UserError(f"{source}: embedding_bits entries must be 8 or 4, not {self.embedding_bits}")
         if not self.optimize or not self.quantize:
             raise UserError(f"{source}: optimize and quantize need at least one entry each")
         if not self.layers and not self.include_teacher and not any(any(e.values()) for e in self.prune):
@@ -147,8 +150,14 @@ def plan(teacher_layers: int, grid: Grid) -> list[Node]:
         for mode in grid.quantize:
             if mode == "static" and export.options["optimize"] != "none":
                 continue        # QDQ calibration needs the unfused graph; ORT fuses the QDQ graph at load
-            if mode != "none":
-                nodes.append(Node(f"{export.name}-int8-{mode}", "quantize", export, {"mode": mode}))
+            if mode == "none":
+                continue
+            for bits in grid.embedding_bits:
+                if bits == 8:
+                    nodes.append(Node(f"{export.name}-int8-{mode}", "quantize", export, {"mode": mode}))
+                elif export.options["optimize"] == "none":   # fused exports hide the table in EmbedLayerNorm
+                    nodes.append(Node(f"{export.name}-int8-{mode}-emb4", "quantize", export,
+                                      {"mode": mode, "embedding_bits": 4}))
     return nodes
 
 
@@ -237,6 +246,7 @@ class Search:
 
             t = self.cfg.train
             quantize(parent, path, QuantizeConfig(mode=node.options["mode"], data=str(self.data),
+                                                  embedding_bits=node.options.get("embedding_bits", 8),
                                                   calibration=self.cfg.calibration, text_column=t.text_column,
                                                   label_column=t.label_column, max_eval_rows=t.max_eval_rows,
                                                   seed=t.seed))

@@ -170,3 +170,16 @@ def test_default_grid_file_is_the_builtin_grid():
     names = [n.name for n in plan(6, Grid()) if n.stage == "quantize"]
     # static INT8 only on unfused exports: 3 bases x (O2 dynamic, none dynamic, none static)
     assert len(names) == 9 and "L3-onnx-O2-int8-static" not in names and "L3-onnx-int8-static" in names
+
+
+def test_grid_can_add_4bit_embedding_candidates_on_unfused_exports():
+    from compress.search import Grid, grid_from_dict, plan
+    from slimship import UserError
+
+    grid = Grid(layers=[3], prune=[{}], optimize=["none", "O2"], quantize=["dynamic"], embedding_bits=[8, 4])
+    names = [n.name for n in plan(6, grid) if n.stage == "quantize"]
+    # the fused (O2) export keeps its table inside EmbedLayerNormalization, so 4-bit goes with unfused only
+    assert "L3-onnx-int8-dynamic-emb4" in names and "L3-onnx-O2-int8-dynamic-emb4" not in names
+    assert len(names) == 6
+    with pytest.raises(UserError, match="embedding_bits"):
+        grid_from_dict({"embedding_bits": [2]})
