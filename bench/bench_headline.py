@@ -141,11 +141,12 @@ def slimship_row(model_dir: Path, texts, labels, threads, latency_rows, note: st
             **timed(clf.logits, texts, latency_rows)}
 
 
-def grid_for(name: str, distill_rows: int, alpha: float) -> dict:
+def grid_for(name: str, distill_rows: int, alpha: float, recovery_epochs: float) -> dict:
     grid = {**(BENCH_GRID if name == "full" else SMALL_GRID)}
     grid["distill"] = {**grid["distill"], "max_train_rows": distill_rows, "alpha": alpha}
     if "prune_options" in grid:
-        grid["prune_options"] = {**grid["prune_options"], "max_train_rows": distill_rows, "alpha": alpha}
+        grid["prune_options"] = {**grid["prune_options"], "max_train_rows": distill_rows, "alpha": alpha,
+                                 "recovery_epochs": recovery_epochs}
     return grid
 
 
@@ -161,6 +162,8 @@ def main() -> None:
                         help="weight of the teacher's soft targets; 1 = labels unused by the student")
     parser.add_argument("--teacher-epochs", type=float, default=2.0)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--recovery-epochs", type=float, default=1.0,
+                        help="fine-tuning (distillation) epochs after pruning (default 1)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--latency-rows", type=int, default=200)
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0)
@@ -192,7 +195,7 @@ def main() -> None:
         train("minilm", data, teacher, train_cfg)
     t_teacher = time.time() - started
 
-    grid = grid_for(args.grid, args.distill_rows, args.distill_alpha)
+    grid = grid_for(args.grid, args.distill_rows, args.distill_alpha, args.recovery_epochs)
     cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, grid=Grid(**grid), threads=args.threads,
                          train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,
                                            patience=1, amp=args.compress_amp))
