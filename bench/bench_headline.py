@@ -141,8 +141,8 @@ def slimship_row(model_dir: Path, texts, labels, threads, latency_rows, note: st
             **timed(clf.logits, texts, latency_rows)}
 
 
-def grid_for(name: str, distill_rows: int, alpha: float, recovery_epochs: float) -> dict:
-    grid = {**(BENCH_GRID if name == "full" else SMALL_GRID)}
+def grid_for(name: str, distill_rows: int, alpha: float, recovery_epochs: float, quantize: list[str]) -> dict:
+    grid = {**(BENCH_GRID if name == "full" else SMALL_GRID), "quantize": quantize}
     grid["distill"] = {**grid["distill"], "max_train_rows": distill_rows, "alpha": alpha}
     if "prune_options" in grid:
         grid["prune_options"] = {**grid["prune_options"], "max_train_rows": distill_rows, "alpha": alpha,
@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--recovery-epochs", type=float, default=1.0,
                         help="fine-tuning (distillation) epochs after pruning (default 1)")
+    parser.add_argument("--quantize", default="dynamic", help="INT8 modes to try, e.g. dynamic,static")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--latency-rows", type=int, default=200)
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0)
@@ -195,7 +196,8 @@ def main() -> None:
         train("minilm", data, teacher, train_cfg)
     t_teacher = time.time() - started
 
-    grid = grid_for(args.grid, args.distill_rows, args.distill_alpha, args.recovery_epochs)
+    grid = grid_for(args.grid, args.distill_rows, args.distill_alpha, args.recovery_epochs,
+                    args.quantize.split(","))
     cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, grid=Grid(**grid), threads=args.threads,
                          train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,
                                            patience=1, amp=args.compress_amp))
