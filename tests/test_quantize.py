@@ -19,10 +19,18 @@ def _validation_texts() -> list[str]:
         return [row["text"] for row in csv.DictReader(f)]
 
 
+def served_agreement(fp32_dir, quantized_dir) -> float:
+    """Share of validation texts on which the serving runtime predicts the same label for both artifacts."""
+    from serve.runtime import Classifier
+
+    texts = _validation_texts()
+    before = Classifier(fp32_dir).logits(texts).argmax(-1)
+    return float(np.mean(before == Classifier(quantized_dir).logits(texts).argmax(-1)))
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_is_smaller_and_agrees(tiny_onnx, tmp_path, mode):
     from compress.quantize import QuantizeConfig, cpu_preset, quantize
-    from serve.runtime import Classifier
 
     out = quantize(tiny_onnx, tmp_path / mode, QuantizeConfig(mode=mode, data=str(DEMO_DATA), calibration=64))
     m = artifact.load(out, format="onnx")
@@ -34,10 +42,7 @@ def test_int8_is_smaller_and_agrees(tiny_onnx, tmp_path, mode):
     assert q["accuracy_after"] >= q["accuracy_before"] - 0.05
     assert m["metrics"]["validation"]["n"] == 200
 
-    texts = _validation_texts()
-    before = Classifier(tiny_onnx).logits(texts).argmax(-1)
-    after = Classifier(out).logits(texts).argmax(-1)
-    assert np.mean(before == after) >= 0.9
+    assert served_agreement(tiny_onnx, out) >= 0.9
 
 
 def test_quantize_cli_and_refusals(tiny_onnx, tmp_path):
@@ -64,7 +69,6 @@ def test_4bit_word_embeddings_shrink_the_file_and_agree(tiny_onnx, tmp_path, mod
     import onnx
 
     from compress.quantize import QuantizeConfig, quantize
-    from serve.runtime import Classifier
 
     def run(bits: int):
         cfg = QuantizeConfig(mode=mode, data=str(DEMO_DATA), calibration=32, embedding_bits=bits)
@@ -82,10 +86,7 @@ def test_4bit_word_embeddings_shrink_the_file_and_agree(tiny_onnx, tmp_path, mod
     assert ops.count("GatherBlockQuantized") == 1
     assert ops.count("MatMulInteger" if mode == "dynamic" else "DequantizeLinear") > 0
 
-    texts = _validation_texts()
-    before = Classifier(tiny_onnx).logits(texts).argmax(-1)
-    after = Classifier(emb4).logits(texts).argmax(-1)
-    assert np.mean(before == after) >= 0.9
+    assert served_agreement(tiny_onnx, emb4) >= 0.9
 
 
 def test_embedding_bits_cli_and_refusals(tiny_onnx, tmp_path):
