@@ -99,13 +99,13 @@ def pytorch_row(teacher: Path, texts, labels, max_length, threads, latency_rows)
             "mb": size_mb(teacher / "model.safetensors"), **timed(logits, texts, latency_rows)}
 
 
-def optimum_rows(teacher: Path, texts, labels, max_length, threads, latency_rows) -> list[dict]:
+def optimum_rows(teacher: Path, results: Path, texts, labels, max_length, threads, latency_rows) -> list[dict]:
     import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
     from transformers import AutoTokenizer
 
-    fp32_dir, int8_dir = RESULTS / "optimum-fp32", RESULTS / "optimum-int8"
+    fp32_dir, int8_dir = results / "optimum-fp32", results / "optimum-int8"
     if not (fp32_dir / "model.onnx").is_file():
         ORTModelForSequenceClassification.from_pretrained(str(teacher), export=True).save_pretrained(fp32_dir)
     if not (int8_dir / "model_quantized.onnx").is_file():
@@ -151,7 +151,6 @@ def grid_for(name: str, distill_rows: int, alpha: float, recovery_epochs: float,
 
 
 def main() -> None:
-    global RESULTS  # --results moves the cache, which the row functions read
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SST2, help="dataset dir with train.csv and validation.csv")
     parser.add_argument("--results", type=Path, default=RESULTS, help="cache and results dir")
@@ -173,7 +172,7 @@ def main() -> None:
     parser.add_argument("--compress-amp", default="off",
                         help="AMP of the distill/prune stages (default off: prune's reload check trips on bf16)")
     args = parser.parse_args()
-    RESULTS, data = args.results, args.data
+    results, data = args.results, args.data
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -186,7 +185,7 @@ def main() -> None:
     started = time.time()
     train_cfg = TrainConfig(epochs=args.teacher_epochs, max_length=args.max_length, max_train_rows=args.train_rows,
                             patience=1, quiet=True)
-    teacher = RESULTS / "teacher"
+    teacher = results / "teacher"
     try:
         cached = artifact.load(teacher)
         if cached["config"].get("max_train_rows") != args.train_rows:
@@ -202,13 +201,13 @@ def main() -> None:
                          train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,
                                            patience=1, amp=args.compress_amp))
     t0 = time.time()
-    chosen_dir, note = RESULTS / "compressed" / "model", ""
+    chosen_dir, note = results / "compressed" / "model", ""
     try:
-        compress(teacher, data, RESULTS / "compressed", cfg)
+        compress(teacher, data, results / "compressed", cfg)
     except BudgetNotMet as e:
         # Still show the search's most accurate candidate, marked as over budget.
         print(f"compress: {e}")
-        report = json.loads((RESULTS / "compressed" / "report.json").read_text())
+        report = json.loads((results / "compressed" / "report.json").read_text())
         best = max((r for r in report["rows"] if r.get("throughput_rows_s")), key=lambda r: r["accuracy"])
         chosen_dir, note = Path(best["path"]), f"{best['name']}, OVER BUDGET"
     t_compress = time.time() - t0
@@ -216,7 +215,7 @@ def main() -> None:
     val = load_data(data, labels=artifact.load(teacher)["labels"], splits=("validation",)).splits["validation"]
     texts, labels = val.texts, val.labels
     rows = [pytorch_row(teacher, texts, labels, args.max_length, args.threads, args.latency_rows)]
-    rows += optimum_rows(teacher, texts, labels, args.max_length, args.threads, args.latency_rows)
+    rows += optimum_rows(teacher, results, texts, labels, args.max_length, args.threads, args.latency_rows)
     rows.append(slimship_row(chosen_dir, texts, labels, args.threads, args.latency_rows, note))
     base, optimum_int8 = rows[0], rows[2]
     for r in rows:
@@ -234,11 +233,11 @@ def main() -> None:
     print(table)
     print(f"teacher {t_teacher:.0f} s, compress search {t_compress:.0f} s, {len(texts)} validation rows, "
           f"{args.threads} threads")
-    (RESULTS / "results.json").write_text(json.dumps(
+    (results / "results.json").write_text(json.dumps(
         {"data": str(data), "rows": rows, "threads": args.threads, "train_rows": args.train_rows,
          "distill_rows": args.distill_rows, "distill_alpha": args.distill_alpha, "teacher_seconds": t_teacher,
          "compress_seconds": t_compress, "grid": grid}, indent=2) + "\n")
-    (RESULTS / "table.md").write_text(table + "\n")
+    (results / "table.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

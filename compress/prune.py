@@ -292,7 +292,6 @@ def _load_model(path: Path):
 def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     """Prune a PyTorch artifact's model in ``cfg.steps`` steps with recovery, and write a PyTorch artifact."""
     from compress.distill import distill_trainer_class, kd_train_set, metric_delta
-    from train.recipe import trained_model
     from compress.profile import example_inputs, model_profile, weights_size
     from train import recipe
     from train.recipe import TokenizedDataset
@@ -363,7 +362,7 @@ def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
             trainer = recipe.build_trainer(model, tokenizer, train_set, eval_set, recovery_cfg, step_dir / "trainer",
                                            labels, amp, trainer_class=trainer_class, **extra)
             outcome = recipe.run(trainer, recovery_cfg, step_dir / "trainer")
-            model = trained_model(trainer)
+            model = recipe.trained_model(trainer)
             record["recovery"] = {k2: outcome[k2] for k2 in ("epochs_run", "steps", "stopped_early", "best_metric",
                                                              "train_loss", "train_seconds")}
             record["after_recovery"] = _summary(evaluate_model(model, tokenizer, loaded, cfg.max_length,

@@ -67,8 +67,11 @@ class Grid:
         for mode in self.quantize:
             if mode not in QUANTIZE_MODES:
                 raise UserError(f"{source}: quantize {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
-        if not self.embedding_bits or any(b not in (8, 4) for b in self.embedding_bits):
-            raise UserError(f"{source}: embedding_bits entries must be 8 or 4, not {self.embedding_bits}")
+        from compress.quantize import EMBEDDING_BITS
+
+        if not self.embedding_bits or any(b not in EMBEDDING_BITS for b in self.embedding_bits):
+            raise UserError(f"{source}: embedding_bits entries must be one of {EMBEDDING_BITS}, "
+                            f"not {self.embedding_bits}")
         if not self.optimize or not self.quantize:
             raise UserError(f"{source}: optimize and quantize need at least one entry each")
         if not self.layers and not self.include_teacher and not any(any(e.values()) for e in self.prune):
