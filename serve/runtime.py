@@ -21,6 +21,10 @@ from slimship.manifest import ArtifactError
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+# One more ONNX Runtime call costs about as much as this many extra (padded) tokens in a call. Measured on
+# 2 cores with MiniLM students and teacher: 16-32 split a batch of 32 SST-2 sentences into 4-6 calls and gave
+# the most rows/s; much larger values leave the padding in, much smaller ones pay per-call overhead.
+CALL_OVERHEAD_TOKENS = 32
 
 
 def default_threads() -> int:
@@ -32,6 +36,32 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def length_groups(lengths: np.ndarray, call_overhead: int = CALL_OVERHEAD_TOKENS) -> list[np.ndarray]:
+    """Split a batch into groups of similar length, each to be run as its own padded call.
+
+    A padded batch costs (rows x its longest row) tokens; short sentences padded to the longest one can double
+    the work. Over the rows sorted by length, this picks the cuts that minimise padded tokens plus
+    ``call_overhead`` per call (a small dynamic programme: batches are at most a few hundred rows).
+    Returns row indices per group, shortest group first.
+    """
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = np.asarray(lengths)[order]
+    n = len(order)
+    cost = np.zeros(n + 1)            # cost[j]: cheapest way to run the j shortest rows
+    start = np.zeros(n + 1, dtype=int)  # start[j]: where the last group of that way begins
+    for j in range(1, n + 1):
+        firsts = np.arange(j)
+        options = cost[:j] + (j - firsts) * sorted_lengths[j - 1] + call_overhead
+        best = int(options.argmin())
+        cost[j], start[j] = options[best], best
+    groups = []
+    j = n
+    while j > 0:
+        groups.append(order[start[j]:j])
+        j = start[j]
+    return groups[::-1]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -94,7 +124,23 @@ class Classifier:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.session.run(["logits"], self.encode(texts))[0]
+        return self.run(self.encode(texts))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits of right-padded feeds, run in groups of similar length (``length_groups``) so short texts
+        are not padded to the batch's longest; rows come back in input order. For FP32 and static INT8 models
+        the split changes speed only (attention masks the padding). Dynamic INT8 picks its activation scales
+        per call from everything in it, padding included, so there a row's logits depend a little on its
+        batch-mates with or without the split (99% of SST-2 predictions unchanged by it)."""
+        lengths = feeds["attention_mask"].sum(axis=1)
+        if len(lengths) == 1:
+            return self.session.run(["logits"], feeds)[0]
+        logits = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
+        for rows in length_groups(lengths):
+            width = int(lengths[rows].max())
+            group = {name: np.ascontiguousarray(value[rows, :width]) for name, value in feeds.items()}
+            logits[rows] = self.session.run(["logits"], group)[0]
+        return logits
 
     def predict(self, texts: Sequence[str], probs: bool = False) -> list[dict[str, Any]]:
         """One ``{"label", "score"}`` (and ``"probs"`` by label when asked) per text, in input order."""

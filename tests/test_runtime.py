@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from serve.batcher import AdaptiveBatcher, Overloaded
-from serve.runtime import Classifier
+from serve.runtime import Classifier, length_groups
 from slimship.manifest import ArtifactError, manifest_digest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,24 @@ def test_public_api_and_settings(clf, tiny_onnx):
     logits = clf.logits(TEXTS)
     assert logits.shape == (len(TEXTS), len(clf.labels))
     assert clf.results(logits) == clf.predict(TEXTS)
+
+
+def test_length_groups_cover_every_row_once_and_cut_where_padding_costs_more_than_a_call():
+    lengths = np.array([40, 5, 6, 41, 5, 39, 7, 42])
+    groups = length_groups(lengths, call_overhead=32)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    assert [sorted(lengths[g].tolist()) for g in groups] == [[5, 5, 6, 7], [39, 40, 41, 42]]
+    assert len(length_groups(lengths, call_overhead=10_000)) == 1       # a call dearer than any padding: one
+    assert len(length_groups(np.full(32, 12), call_overhead=0)) == 1     # equal lengths: nothing to save
+    assert length_groups(np.array([9]))[0].tolist() == [0]
+
+
+def test_split_batches_give_the_logits_of_one_padded_call(clf):
+    texts = ["ok", "word " * 60, "fine", "a rather longer sentence about a film " * 4, "no"] * 3
+    feeds = clf.encode(texts)
+    assert len(length_groups(feeds["attention_mask"].sum(axis=1))) > 1   # the split really happens here
+    one_call = clf.session.run(["logits"], feeds)[0]
+    np.testing.assert_allclose(clf.logits(texts), one_call, atol=1e-5)
 
 
 def test_long_text_is_truncated_to_max_length(clf):
