@@ -3,7 +3,7 @@
 | variable | default | meaning |
 |---|---|---|
 | SLIMSHIP_MODEL | the bento's pinned tag, else slimship-classifier:latest | model-store tag the service loads |
-| SLIMSHIP_WORKERS | 1 | server processes, each with its own ONNX session and batcher |
+| SLIMSHIP_WORKERS | cores, at most 4 | server processes, each with its own ONNX session and batcher |
 | SLIMSHIP_THREADS | cores / workers | ONNX Runtime intra-op threads per worker |
 | SLIMSHIP_MAX_BATCH_SIZE | 32 | most texts in one ONNX Runtime call |
 | SLIMSHIP_MAX_LATENCY_MS | 500 | a request whose predicted queue wait exceeds this is shed at once (503) |
@@ -14,8 +14,12 @@
 | SLIMSHIP_TIMEOUT_S | 30 | BentoML's request timeout (504 beyond) |
 | SLIMSHIP_WARMUP_S | 0 | keep warming up (repeated inference) at least this long before /readyz says ready |
 
-Why these defaults: one worker holding every core suits a small CPU box, where a second process would only add
-a second copy of the model and fight the first for the same cores (set SLIMSHIP_WORKERS on big machines).
+Why these defaults: one worker per core, each running ONNX Runtime on one thread. A worker's HTTP handling is
+Python under one GIL and costs about as much CPU per request as a small model's inference, so a single worker
+tops out well below what the cores can do: on 2 cores with a 3-layer MiniLM, 2 workers x 1 thread served 1,078
+req/s at 32 clients where 1 worker x 2 threads served 628 (docs/BENCHMARKS.md). More than 4 workers is not the
+default because each holds its own copy of the model and its own batch queue (smaller batches); set it higher
+on big machines after measuring.
 Batches of 32 keep the padding waste and one batch's latency small for sentence-length texts. 500 ms of
 predicted wait is well above the wait at normal load, so normal load never sheds, yet an overloaded server
 answers 503 fast instead of queueing without bound.
@@ -77,7 +81,7 @@ class ServeSettings:
 
     @classmethod
     def from_env(cls) -> "ServeSettings":
-        workers = _int("SLIMSHIP_WORKERS", 1)
+        workers = _int("SLIMSHIP_WORKERS", min(cpu_count(), 4))
         max_batch_size = _int("SLIMSHIP_MAX_BATCH_SIZE", 32)
         return cls(
             model=os.environ.get("SLIMSHIP_MODEL") or bento_model_argument() or DEFAULT_MODEL,

@@ -163,3 +163,43 @@ print(tag); print("HEAVY", bad)
     stored = tmp_path / "bentoml" / "models" / "slimship-classifier" / manifest_digest(tiny_onnx)[:16]
     assert (stored / "manifest.json").read_bytes() == (tiny_onnx / "manifest.json").read_bytes()
     Classifier(stored)  # the stored copy verifies
+
+
+def test_request_timeout_answers_504_and_leaves_no_timer_behind():
+    """serve/request_timeout.py: BentoML's per-request timeout, with its timer cancelled once a request is done
+    (BentoML 1.4's own keeps every finished request reachable for the whole timeout)."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from serve import request_timeout
+
+    request_timeout.install()
+    scope = {"type": "http", "method": "POST", "path": "/classify", "headers": []}
+
+    async def fast_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"[]"})
+
+    async def slow_app(scope, receive, send):
+        await asyncio.sleep(30)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def main():
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        loop = asyncio.get_running_loop()
+        for _ in range(50):
+            await TimeoutMiddleware(fast_app, timeout=30)(scope, receive, send)
+        pending = [h for h in loop._scheduled if not h.cancelled()]
+        statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+        sent.clear()
+        await TimeoutMiddleware(slow_app, timeout=0.05)(scope, receive, send)
+        return pending, statuses, sent
+
+    pending, statuses, timed_out = asyncio.run(main())
+    assert statuses == [200] * 50 and pending == []
+    assert timed_out[0]["status"] == 504 and b"0.05 seconds" in timed_out[1]["body"]

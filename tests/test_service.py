@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serve.runtime import Classifier
+from serve.settings import cpu_count
 from slimship.manifest import manifest_digest
 from tests.conftest import DEMO_DATA, slimship_cmd
 
@@ -187,6 +188,7 @@ def test_metadata_describes_the_model(server, tiny_onnx):
     assert meta["labels"] == manifest["labels"] and meta["max_length"] == manifest["max_length"]
     assert meta["metrics"] == manifest["metrics"]
     assert meta["settings"]["max_queue"] == MAX_QUEUE and meta["settings"]["threads"] == 1
+    assert meta["settings"]["workers"] == min(cpu_count(), 4)   # the default: a worker per core
 
 
 def test_metrics_and_openapi(server):
