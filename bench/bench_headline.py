@@ -11,6 +11,7 @@ validation sentences one at a time (after a warm-up), batch-32 over all validati
     python bench/bench_headline.py --train-rows 4000 --distill-rows 4000 --threads 2
     python bench/bench_headline.py --data ../shared/datasets/ag_news --max-length 128 --train-rows 9000 \
         --distill-rows 9000 --distill-alpha 0.5 --results bench/results/headline-agnews
+    python bench/bench_headline.py --quantize static --vocab full,train --embedding-bits 8,4   # smaller files
 
 The teacher (minilm fine-tuned on a deterministic sample of ``--train-rows`` training rows) and the compression
 search are cached and resumed under the results dir (git-ignored), so a rerun only re-times.
@@ -141,8 +142,10 @@ def slimship_row(model_dir: Path, texts, labels, threads, latency_rows, note: st
             **timed(clf.logits, texts, latency_rows)}
 
 
-def grid_for(name: str, distill_rows: int, alpha: float, recovery_epochs: float, quantize: list[str]) -> dict:
-    grid = {**(BENCH_GRID if name == "full" else SMALL_GRID), "quantize": quantize}
+def grid_for(name: str, distill_rows: int, alpha: float, recovery_epochs: float, quantize: list[str],
+             vocab: list[str] = ("full",), embedding_bits: list[int] = (8,)) -> dict:
+    grid = {**(BENCH_GRID if name == "full" else SMALL_GRID), "quantize": quantize, "vocab": list(vocab),
+            "embedding_bits": list(embedding_bits)}
     grid["distill"] = {**grid["distill"], "max_train_rows": distill_rows, "alpha": alpha}
     if "prune_options" in grid:
         grid["prune_options"] = {**grid["prune_options"], "max_train_rows": distill_rows, "alpha": alpha,
@@ -164,6 +167,10 @@ def main() -> None:
     parser.add_argument("--recovery-epochs", type=float, default=1.0,
                         help="fine-tuning (distillation) epochs after pruning (default 1)")
     parser.add_argument("--quantize", default="dynamic", help="INT8 modes to try, e.g. dynamic,static")
+    parser.add_argument("--vocab", default="full",
+                        help="vocabularies to try: full, train (only the training data's tokens) or full,train")
+    parser.add_argument("--embedding-bits", default="8",
+                        help="word-embedding bits to try: 8, 4 or 8,4 (4: unfused exports only)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--latency-rows", type=int, default=200)
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0)
@@ -196,7 +203,8 @@ def main() -> None:
     t_teacher = time.time() - started
 
     grid = grid_for(args.grid, args.distill_rows, args.distill_alpha, args.recovery_epochs,
-                    args.quantize.split(","))
+                    args.quantize.split(","), args.vocab.split(","),
+                    [int(bits) for bits in args.embedding_bits.split(",")])
     cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, grid=Grid(**grid), threads=args.threads,
                          train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,
                                            patience=1, amp=args.compress_amp))

@@ -3,8 +3,10 @@
     compress("runs/teacher", "data/", "runs/compressed", CompressConfig(max_accuracy_drop=1.0)) -> Path
 
 The grid is a tree. From the teacher: distil a student per depth in ``layers``; prune each student per entry
-in ``prune`` (with KD from the teacher during recovery); export every PyTorch model per ``optimize`` level
-(unfused / ONNX Runtime fusion); quantize every export per ``quantize`` mode (none = FP32, dynamic, static).
+in ``prune`` (with KD from the teacher during recovery); with ``vocab`` listing ``train``, trim the vocabulary
+of every student and pruned model to the tokens the training data uses (compress/vocab.py, ``-vocab`` nodes);
+export every PyTorch model per ``optimize`` level (unfused / ONNX Runtime fusion); quantize every export per
+``quantize`` mode (none = FP32, dynamic, static).
 Every ONNX leaf is a candidate: its validation accuracy and macro-F1, batch-1 latency and batch-32 throughput
 are measured on this machine with an explicit thread count, and the fastest candidate (by ``objective``)
 within the budget wins. It is written as an ONNX artifact at ``out/model``; report.json, report.md and
@@ -31,6 +33,7 @@ from train.recipe import TrainConfig
 
 OBJECTIVES = ("throughput", "latency")
 QUANTIZE_MODES = ("none", "dynamic", "static")
+VOCAB_MODES = ("full", "train")     # full: the model's own vocabulary; train: only the training data's tokens
 
 
 class BudgetNotMet(UserError):
@@ -46,9 +49,11 @@ class Grid:
     optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
     quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
     embedding_bits: list[int] = field(default_factory=lambda: [8])  # 4: word embeddings in 4 bits (smaller file)
+    vocab: list[str] = field(default_factory=lambda: ["full"])  # train: also a trimmed-vocabulary variant
     include_teacher: bool = True        # the teacher itself (exported, quantized) is a candidate too
     distill: dict = field(default_factory=dict)         # DistillConfig fields, e.g. {epochs: 3, alpha: 0.5}
     prune_options: dict = field(default_factory=dict)   # PruneConfig fields, e.g. {recovery_epochs: 1}
+    vocab_options: dict = field(default_factory=dict)   # VocabConfig fields, e.g. {min_count: 2}
 
     def check(self, source: str = "grid") -> None:
         from compress.export import OPTIMIZE_LEVELS
@@ -72,6 +77,13 @@ class Grid:
         if not self.embedding_bits or any(b not in EMBEDDING_BITS for b in self.embedding_bits):
             raise UserError(f"{source}: embedding_bits entries must be one of {EMBEDDING_BITS}, "
                             f"not {self.embedding_bits}")
+        if not self.vocab or any(v not in VOCAB_MODES for v in self.vocab) or len(set(self.vocab)) < len(self.vocab):
+            raise UserError(f"{source}: vocab entries must be distinct values of {', '.join(VOCAB_MODES)}, "
+                            f"not {self.vocab}")
+        from compress.vocab import GRID_OPTIONS
+
+        if not isinstance(self.vocab_options, dict) or set(self.vocab_options) - set(GRID_OPTIONS):
+            raise UserError(f"{source}: vocab_options takes {', '.join(GRID_OPTIONS)}, not {self.vocab_options!r}")
         if not self.optimize or not self.quantize:
             raise UserError(f"{source}: optimize and quantize need at least one entry each")
         if not self.layers and not self.include_teacher and not any(any(e.values()) for e in self.prune):
@@ -128,7 +140,7 @@ class Node:
 
     @property
     def pytorch(self) -> bool:
-        return self.stage in ("teacher", "distill", "prune")
+        return self.stage in ("teacher", "distill", "prune", "vocab")
 
 
 def plan(teacher_layers: int, grid: Grid) -> list[Node]:
@@ -146,6 +158,13 @@ def plan(teacher_layers: int, grid: Grid) -> list[Node]:
                 pruned = Node(f"{model.name}-prune-{tag}", "prune", model, ratios)
                 nodes.append(pruned)
                 bases.append(pruned)
+    if "train" in grid.vocab:
+        # The smaller models only: the teacher is the reference, not a size candidate. Without "full" the
+        # untrimmed students and pruned models are built (they are the trimmed ones' parents) but not exported.
+        trimmed = [Node(f"{base.name}-vocab", "vocab", base, {"vocab": "train"})
+                   for base in bases if base.stage != "teacher"]
+        nodes.extend(trimmed)
+        bases = [base for base in bases if "full" in grid.vocab or base.stage == "teacher"] + trimmed
     exports = [Node(f"{base.name}-onnx" + ("" if level == "none" else f"-{level}"), "export", base,
                     {"optimize": level}) for base in bases for level in grid.optimize]
     nodes.extend(exports)
@@ -192,6 +211,8 @@ class Search:
             spec.update(train=train, overrides=self.cfg.grid.distill)
         elif node.stage == "prune":
             spec.update(train=train, overrides=self.cfg.grid.prune_options)
+        elif node.stage == "vocab":
+            spec.update(vocab={k: v for k, v in asdict(self.vocab_config()).items() if k != "quiet"})
         elif node.stage == "quantize":
             spec.update(calibration=self.cfg.calibration, rows=train["max_eval_rows"], seed=train["seed"])
         else:
@@ -237,6 +258,10 @@ class Search:
             prune(parent, self.data, path,
                   PruneConfig.from_dict({**train_opts, **self.cfg.grid.prune_options, **node.options}),
                   teacher_dir=self.teacher_dir)
+        elif node.stage == "vocab":
+            from compress.vocab import trim_vocab
+
+            trim_vocab(parent, path, self.vocab_config())
         elif node.stage == "export":
             from compress.export import ExportConfig, export
 
@@ -256,6 +281,16 @@ class Search:
         # Beside the manifest (not among its files): the artifact's digests stay valid.
         (path / "search-key.json").write_text(json.dumps({"key": self.key(node)}) + "\n")
         return path
+
+    def vocab_config(self):
+        """The vocab stage's options: the run's data settings, every training row counted, grid overrides."""
+        from compress.vocab import VocabConfig
+
+        t = self.cfg.train
+        return VocabConfig(**{"data": str(self.data), "text_column": t.text_column, "label_column": t.label_column,
+                              "validation_fraction": t.validation_fraction, "seed": t.seed,
+                              "max_eval_rows": t.max_eval_rows, "eval_batch_size": t.eval_batch_size,
+                              "quiet": t.quiet, **self.cfg.grid.vocab_options})
 
     def profile(self, node: Node) -> dict[str, Any]:
         """Parameters and MACs of the PyTorch model behind a node (cached beside its artifact)."""

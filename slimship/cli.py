@@ -20,6 +20,7 @@ COMMANDS = [
     ("evaluate", "evaluate", "metrics of a PyTorch or ONNX artifact on a data split"),
     ("distill", "distill", "knowledge-distil a teacher artifact into a smaller student"),
     ("prune", "prune", "structured pruning of heads / FFN channels / hidden size, with recovery"),
+    ("trim-vocab", "trim_vocab", "keep only the tokens the training data uses (smaller word embeddings)"),
     ("export", "export", "export a PyTorch artifact to ONNX, with a parity gate"),
     ("quantize", "quantize", "INT8-quantize an ONNX artifact (dynamic or static)"),
     ("compress", "compress", "search distill/prune/export/quantize for the fastest model within a budget"),

@@ -1,0 +1,377 @@
+"""The vocab stage: keep only the tokens the training data uses, and the word-embedding rows behind them.
+
+    trim_vocab("runs/pruned", "runs/pruned-vocab", VocabConfig(data="data/")) -> Path("runs/pruned-vocab")
+
+A small student is mostly word-embedding table (MiniLM: 30522 x 384, 11.7M of a pruned 3-layer student's
+14.7M parameters), and most of those tokens never occur in one domain's text. This stage counts the token ids
+of the training texts with the artifact's own fast tokenizer and keeps, in their original order:
+
+- every id seen at least ``min_count`` times;
+- a fixed set that is always kept: the special tokens ([PAD] [UNK] [CLS] [SEP] [MASK] and whatever else the
+  tokenizer declares) and every single-character token with its continuation form (``a`` and ``##a``).
+
+WordPiece is a greedy longest match over the vocabulary, so with the single characters kept any word that
+tokenized without [UNK] before still does: where a longer piece is gone it falls back to shorter ones. And when
+every token of a text's original tokenization is kept, the trimmed tokenizer produces exactly the same tokens
+(the longest match in a subset that still holds the original match is that match), so the model sees the same
+embeddings and gives the same logits. The stage checks this on the counted training texts before it writes.
+
+The tokenizer is rewritten from its own ``tokenizer.json`` (the WordPiece vocabulary, the added tokens, the
+post-processor's [CLS]/[SEP] ids and the padding id renumbered; normalizer and pre-tokenizer untouched), so
+``tokenizers.Tokenizer.from_file`` in the torch-free runtime and the ONNX export need nothing new. The table of
+kept ids (new id -> original id) is written as ``kept_token_ids.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimship import UserError
+from slimship import manifest as artifact
+from slimship.manifest import stage_log
+
+KEPT_IDS_FILE = "kept_token_ids.json"
+COUNT_CHUNK = 4096      # texts per encode_batch call: keeps the progress bar moving and memory flat
+CHECK_TEXTS = 2000      # counted texts re-tokenized by the trimmed tokenizer as a self-check
+GRID_OPTIONS = ("min_count", "max_rows")  # what a compression grid's vocab_options may set; the rest is the run's
+
+
+@dataclass
+class VocabConfig:
+    data: str | None = None             # the training split's texts decide the vocabulary
+    min_count: int = 1                  # keep ids seen at least this often in the counted texts
+    max_rows: int | None = None         # count a deterministic sample of this many training rows; None: all
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_fraction: float = 0.1    # for a single data file, split as the other stages split it
+    seed: int = 42
+    max_eval_rows: int | None = None    # accuracy before/after on only the first N validation/test rows
+    eval_batch_size: int = 64
+    quiet: bool = False
+
+    def check(self) -> None:
+        if not self.data:
+            raise UserError("--data is needed: the tokens to keep are counted on its training rows")
+        if self.min_count < 1:
+            raise UserError(f"--min-count must be at least 1, not {self.min_count}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise UserError(f"--max-rows must be at least 1 (or left out for every training row), not {self.max_rows}")
+        if self.max_eval_rows is not None and self.max_eval_rows < 1:
+            raise UserError("--max-eval-rows must be at least 1")
+
+
+# --- the tokenizer -------------------------------------------------------------------------------------------
+
+
+def wordpiece_spec(tokenizer, where: str) -> dict[str, Any]:
+    """The serialized fast tokenizer (tokenizer.json's content), refused unless its model is WordPiece."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{where}: trimming needs a fast tokenizer (tokenizer.json); this artifact has "
+                        f"{type(tokenizer).__name__}")
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise UserError(f"{where}: trimming supports BERT-style WordPiece tokenizers (bert, distilbert, electra, "
+                        f"MiniLM, ...); this tokenizer's model is {model.get('type')!r}")
+    return spec
+
+
+def id_to_token(spec: dict[str, Any]) -> dict[int, str]:
+    """Every id the tokenizer can produce: the WordPiece vocabulary and the added tokens."""
+    tokens = {int(i): token for token, i in spec["model"]["vocab"].items()}
+    tokens.update({int(t["id"]): t["content"] for t in spec.get("added_tokens") or []})
+    return tokens
+
+
+def _post_processor_ids(processor: dict[str, Any] | None) -> list[int]:
+    """The token ids a post-processor inserts ([CLS], [SEP], ...): they must survive trimming."""
+    if not processor:
+        return []
+    kind = processor.get("type")
+    if kind == "TemplateProcessing":
+        return [int(i) for special in processor.get("special_tokens", {}).values() for i in special["ids"]]
+    if kind in ("BertProcessing", "RobertaProcessing"):
+        return [int(processor["sep"][1]), int(processor["cls"][1])]
+    if kind == "Sequence":
+        return [i for p in processor.get("processors", []) for i in _post_processor_ids(p)]
+    return []
+
+
+def _remap_post_processor(processor: dict[str, Any] | None, new_id: dict[int, int]) -> None:
+    if not processor:
+        return
+    kind = processor.get("type")
+    if kind == "TemplateProcessing":
+        for special in processor.get("special_tokens", {}).values():
+            special["ids"] = [new_id[int(i)] for i in special["ids"]]
+    elif kind in ("BertProcessing", "RobertaProcessing"):
+        for key in ("sep", "cls"):
+            processor[key] = [processor[key][0], new_id[int(processor[key][1])]]
+    elif kind == "Sequence":
+        for p in processor.get("processors", []):
+            _remap_post_processor(p, new_id)
+    elif kind not in ("ByteLevel",):
+        raise UserError(f"trimming cannot renumber a {kind!r} post-processor")
+
+
+def fixed_ids(spec: dict[str, Any], tokenizer, model_config) -> set[int]:
+    """Ids kept whatever the data says: special tokens, and single characters in both word positions."""
+    prefix = spec["model"].get("continuing_subword_prefix") or "##"
+    keep = {int(t["id"]) for t in spec.get("added_tokens") or []}
+    keep.update(int(i) for i in tokenizer.all_special_ids)
+    keep.update(_post_processor_ids(spec.get("post_processor")))
+    if spec.get("padding"):
+        keep.add(int(spec["padding"]["pad_id"]))
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value >= 0:
+            keep.add(value)
+    unk = spec["model"].get("unk_token")
+    vocab = spec["model"]["vocab"]
+    if unk in vocab:
+        keep.add(int(vocab[unk]))
+    # The fallback of the greedy longest match: a word can always be spelled out one character at a time.
+    for token, i in vocab.items():
+        if len(token) == 1 or (token.startswith(prefix) and len(token) == len(prefix) + 1):
+            keep.add(int(i))
+    return keep
+
+
+def counting_tokenizer(spec: dict[str, Any]):
+    """The artifact's tokenizer without truncation or padding, and without [CLS]/[SEP] when encoding with
+    ``add_special_tokens=False``: every token of every text counts, also past max_length."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def count_tokens(spec: dict[str, Any], texts: list[str], id_space: int, quiet: bool = False) -> np.ndarray:
+    """How often each id occurs in ``texts`` (special tokens left out)."""
+    from tqdm.auto import tqdm
+
+    tokenizer = counting_tokenizer(spec)
+    counts = np.zeros(id_space, dtype=np.int64)
+    with tqdm(total=len(texts), desc="count tokens", unit="row", disable=quiet, dynamic_ncols=True) as bar:
+        for start in range(0, len(texts), COUNT_CHUNK):
+            chunk = texts[start:start + COUNT_CHUNK]
+            ids = [i for enc in tokenizer.encode_batch(chunk, add_special_tokens=False) for i in enc.ids]
+            if ids:
+                counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=id_space)[:id_space]
+            bar.update(len(chunk))
+    return counts
+
+
+def trimmed_spec(spec: dict[str, Any], kept: list[int]) -> dict[str, Any]:
+    """tokenizer.json's content with only ``kept`` ids (in their order), every id reference renumbered."""
+    new_id = {old: new for new, old in enumerate(kept)}
+    out = json.loads(json.dumps(spec))
+    out["model"]["vocab"] = {token: new_id[int(i)] for token, i in
+                             sorted(spec["model"]["vocab"].items(), key=lambda item: item[1]) if int(i) in new_id}
+    for token in out.get("added_tokens") or []:
+        token["id"] = new_id[int(token["id"])]
+    _remap_post_processor(out.get("post_processor"), new_id)
+    if out.get("padding"):
+        out["padding"]["pad_id"] = new_id[int(out["padding"]["pad_id"])]
+    return out
+
+
+def rebuild_tokenizer(old, spec: dict[str, Any]):
+    """A fast tokenizer of the same class and options as ``old`` over the trimmed tokenizer.json content."""
+    from tokenizers import Tokenizer
+
+    # File paths point at the old files, and the added-token table carries the old ids: the backend has the
+    # renumbered ones, and save_pretrained writes vocab.txt and tokenizer_config.json from it.
+    options = {k: v for k, v in old.init_kwargs.items()
+               if k not in ("vocab_file", "tokenizer_file", "added_tokens_decoder", "name_or_path")}
+    return type(old)(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **options)
+
+
+def check_same_tokens(old_spec: dict[str, Any], new_tokenizer, kept: list[int], texts: list[str]) -> int:
+    """On texts whose every token is kept, the trimmed tokenizer (special tokens included) must produce the
+    original ids once mapped back through ``kept``. Returns how many texts were compared."""
+    old = counting_tokenizer(old_spec)
+    new = counting_tokenizer(json.loads(new_tokenizer.backend_tokenizer.to_str()))
+    kept_set = set(kept)
+    table = np.asarray(kept)
+    compared = 0
+    for text, before, after in zip(texts, old.encode_batch(texts), new.encode_batch(texts)):
+        if not kept_set.issuperset(before.ids):
+            continue
+        compared += 1
+        if list(table[after.ids]) != list(before.ids):
+            raise RuntimeError(f"the trimmed tokenizer changed the tokens of a text whose tokens were all kept: "
+                               f"{text[:80]!r}: {before.tokens} -> {after.tokens}")
+    return compared
+
+
+# --- the model -----------------------------------------------------------------------------------------------
+
+
+def slice_vocabulary(model, kept: list[int]) -> None:
+    """Keep only the ``kept`` rows of the input word embeddings (and of an output head over the vocabulary,
+    such as an MLM decoder), and make the config describe the new vocabulary; in place."""
+    import torch
+
+    index = torch.as_tensor(kept, dtype=torch.long)
+    new_id = {old: new for new, old in enumerate(kept)}
+    old_in = model.get_input_embeddings()
+    out_emb = model.get_output_embeddings()
+    tied = out_emb is not None and out_emb.weight is old_in.weight
+    padding = old_in.padding_idx
+    new_in = torch.nn.Embedding(len(kept), old_in.embedding_dim, padding_idx=new_id.get(padding),
+                                dtype=old_in.weight.dtype)
+    with torch.no_grad():
+        new_in.weight.copy_(old_in.weight[index])
+    model.set_input_embeddings(new_in)
+    if out_emb is not None:
+        # A new head with the kept rows of weight and bias, even when the weight is tied: tie_weights() would
+        # only cut the old bias to the new length (its first rows, not the kept ones).
+        head = torch.nn.Linear(out_emb.in_features, len(kept), bias=out_emb.bias is not None,
+                               dtype=out_emb.weight.dtype)
+        with torch.no_grad():
+            head.weight.copy_(out_emb.weight[index])
+            if out_emb.bias is not None:
+                head.bias.copy_(out_emb.bias[index])
+        model.set_output_embeddings(head)
+        if tied:
+            model.tie_weights()
+    config = model.config
+    config.vocab_size = len(kept)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value >= 0:   # an id no kept token has is gone with its row
+            setattr(config, name, new_id.get(value))
+
+
+# --- the stage -----------------------------------------------------------------------------------------------
+
+
+def _evaluate(model, tokenizer, loaded, max_length: int, batch_size: int) -> tuple[dict, dict]:
+    """(metrics, logits) per evaluation split, through the same prediction code as the other stages."""
+    from slimship.metrics import classification_metrics
+    from train.stage import predict_logits
+
+    metrics, logits = {}, {}
+    for name in ("validation", "test"):
+        if name in loaded.splits:
+            split = loaded.splits[name]
+            logits[name] = predict_logits(model, tokenizer, split.texts, max_length, batch_size)
+            metrics[name] = classification_metrics(logits[name].argmax(-1), split.labels, loaded.labels)
+    return metrics, logits
+
+
+def _summary(metrics: dict) -> dict | None:
+    validation = metrics.get("validation")
+    return {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"]} if validation else None
+
+
+def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path:
+    """PyTorch artifact -> PyTorch artifact whose vocabulary holds only the tokens the training data uses."""
+    cfg.check()
+    model_dir, out = Path(model_dir), Path(out)
+    artifact.load(model_dir, format="pytorch")      # a missing or non-PyTorch artifact fails before torch loads
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from compress.distill import metric_delta
+    from compress.profile import count_parameters, weights_size
+    from slimship.data import load_data
+    from train.stage import load_pytorch_artifact, save_model_artifact
+
+    source, model, tokenizer = load_pytorch_artifact(model_dir)
+    labels, max_length = source["labels"], source["max_length"]
+    spec = wordpiece_spec(tokenizer, str(model_dir))
+    tokens = id_to_token(spec)
+    rows = model.get_input_embeddings().num_embeddings
+    if max(tokens) >= rows:
+        raise UserError(f"{model_dir}: the tokenizer has ids up to {max(tokens)} but the model's word embeddings "
+                        f"have only {rows} rows; tokenizer and model do not belong together")
+
+    loaded = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
+                       validation_fraction=cfg.validation_fraction, seed=cfg.seed, max_train_rows=cfg.max_rows)
+    train_split = loaded.splits.get("train")
+    if train_split is None or not train_split.texts:
+        raise UserError(f"{cfg.data}: no training rows to count tokens on")
+    if cfg.max_eval_rows:
+        for name in ("validation", "test"):
+            if name in loaded.splits:
+                split = loaded.splits[name]
+                split.texts, split.labels = split.texts[:cfg.max_eval_rows], split.labels[:cfg.max_eval_rows]
+    if "validation" not in loaded.splits:
+        stage_log(f"{cfg.data}: no validation split; accuracy before and after is not measured")
+
+    stage_log(f"trim vocabulary of {model_dir}: {len(tokens):,} tokens, counting {len(train_split):,} training "
+              f"rows of {train_split.source} (min count {cfg.min_count})")
+    counts = count_tokens(spec, train_split.texts, rows, cfg.quiet)
+    # Only ids the tokenizer can produce: embedding rows no token maps to are never looked up.
+    fixed = {i for i in fixed_ids(spec, tokenizer, model.config) if i in tokens}
+    seen = {int(i) for i in np.nonzero(counts >= cfg.min_count)[0] if int(i) in tokens}
+    kept = sorted(fixed | seen)
+    total_tokens = int(counts.sum())
+    kept_tokens = int(counts[kept].sum())
+    stage_log(f"keeping {len(kept):,} of {len(tokens):,} tokens ({len(seen):,} seen >= {cfg.min_count}x, "
+              f"{len(fixed):,} always kept); {kept_tokens / max(1, total_tokens) * 100:.2f}% of "
+              f"{total_tokens:,} training tokens keep their own embedding")
+
+    before_params, before_size = count_parameters(model), weights_size(model_dir)
+    before_metrics, before_logits = _evaluate(model, tokenizer, loaded, max_length, cfg.eval_batch_size)
+    if before_metrics:
+        stage_log(f"before: {_summary(before_metrics)}")
+
+    new_spec = trimmed_spec(spec, kept)
+    new_tokenizer = rebuild_tokenizer(tokenizer, new_spec)
+    compared = check_same_tokens(spec, new_tokenizer, kept, train_split.texts[:CHECK_TEXTS])
+    pad_agreed = tokenizer.pad_token_id is not None and tokenizer.pad_token_id == model.config.pad_token_id
+    slice_vocabulary(model, kept)
+    # The embedding's padding row is config.pad_token_id; the tokenizer pads with its own [PAD] id.
+    if pad_agreed and new_tokenizer.pad_token_id != model.config.pad_token_id:
+        raise RuntimeError(f"[PAD] is id {new_tokenizer.pad_token_id} in the trimmed tokenizer but "
+                           f"{model.config.pad_token_id} in the trimmed model's config")
+
+    config = {"model": str(model_dir), **asdict(cfg)}
+    with artifact.create(out, "vocab", format="pytorch", parent=model_dir, config=config) as art:
+        save_model_artifact(art, model, new_tokenizer)
+        (art.dir / KEPT_IDS_FILE).write_text(json.dumps({"source_vocab_size": rows, "kept": kept}) + "\n")
+        # Measure what was written, reloaded the way every later stage reloads it.
+        written = AutoModelForSequenceClassification.from_pretrained(str(art.dir)).eval()
+        written_tokenizer = AutoTokenizer.from_pretrained(str(art.dir), use_fast=True)
+        after_metrics, after_logits = _evaluate(written, written_tokenizer, loaded, max_length,
+                                                cfg.eval_batch_size)
+        after_params, after_size = count_parameters(written), weights_size(art.dir)
+        agreement = None
+        if "validation" in after_logits:
+            agreement = float((before_logits["validation"].argmax(-1)
+                               == after_logits["validation"].argmax(-1)).mean())
+        vocab = {"size_before": len(tokens), "size_after": len(kept), "embedding_rows_before": rows,
+                 "min_count": cfg.min_count, "fixed_tokens": len(fixed), "seen_tokens": len(seen),
+                 "train_rows": len(train_split), "train_tokens": total_tokens, "train_tokens_kept": kept_tokens,
+                 "train_token_share_kept": kept_tokens / max(1, total_tokens),
+                 "tokenization_checked_texts": compared, "kept_ids_file": KEPT_IDS_FILE}
+        art.manifest.update(
+            labels=labels, max_length=max_length, metrics=after_metrics, parameters=after_params,
+            file_size=after_size, vocab=vocab,
+            before={"parameters": before_params, "file_size": before_size, "metrics": _summary(before_metrics)},
+            after={"parameters": after_params, "file_size": after_size, "metrics": _summary(after_metrics)},
+            delta={"validation": metric_delta(_summary(after_metrics), _summary(before_metrics))},
+            agreement={"validation": agreement},
+            data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
+                  for name, s in loaded.splits.items()},
+        )
+        # MACs do not change (an embedding lookup multiplies nothing); the base model is still the same.
+        for key in ("macs", "base_model"):
+            if key in source:
+                art.manifest[key] = source[key]
+    stage_log(f"vocabulary {len(tokens):,} -> {len(kept):,}, parameters {before_params:,} -> {after_params:,}, "
+              f"weights {before_size / 1e6:.1f} MB -> {after_size / 1e6:.1f} MB"
+              + (f"; accuracy {before_metrics['validation']['accuracy'] * 100:.2f}% -> "
+                 f"{after_metrics['validation']['accuracy'] * 100:.2f}%" if "validation" in after_metrics else ""))
+    return out
