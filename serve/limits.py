@@ -1,5 +1,5 @@
-"""ASGI middleware: refuse request bodies larger than a limit (413) or not UTF-8 (400), before anything parses them,
-and shed requests early (503 + Retry-After) while the batcher is overloaded.
+"""ASGI middleware: shed requests early (503 + Retry-After) while the batcher is overloaded, and refuse request
+bodies larger than a limit (413) or not UTF-8 (400) before anything parses them.
 
 BentoML 1.4 has no request-size limit of its own, so a client could make a worker buffer and parse an arbitrarily
 large JSON document. A declared Content-Length over the limit is refused without reading the body; otherwise the
@@ -23,22 +23,46 @@ async def _send_error(send, status: int, message: str, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
+class ShedWhenOverloaded:
+    """503 + Retry-After for ``path`` while ``overloaded[0]()`` says so, before anything else looks at the request.
+
+    Meant to run outermost (``install_outermost``): under overload most requests are shed, and each one that
+    first went through BentoML's metrics, tracing and timeout layers cost the event loop several times what the
+    refusal itself does, CPU that the requests being served needed."""
+
+    def __init__(self, app, path: str, overloaded: list):
+        self.app = app
+        self.path = path
+        self.overloaded = overloaded   # [callable -> Retry-After seconds or None], filled once the service exists
+
+    async def __call__(self, scope, receive, send):
+        check = self.overloaded[0]
+        if (check is not None and scope["type"] == "http" and scope["path"] == self.path
+                and scope["method"] == "POST" and (retry_after := check()) is not None):
+            return await _send_error(send, 503, "server overloaded: retry later",
+                                     [(b"retry-after", str(retry_after).encode())], close=False)
+        return await self.app(scope, receive, send)
+
+
+def install_outermost(middleware_cls, **options) -> None:
+    """Put an ASGI middleware outside BentoML's own (metrics, tracing, timeout). ``Service.add_asgi_middleware``
+    can only add inside them; BentoML 1.4 builds the list in ``ServiceAppFactory.middlewares``."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from starlette.middleware import Middleware
+
+    bentoml_middlewares = ServiceAppFactory.middlewares.fget
+    ServiceAppFactory.middlewares = property(
+        lambda factory: [Middleware(middleware_cls, **options), *bentoml_middlewares(factory)])
+
+
 class BodySizeLimit:
-    def __init__(self, app, max_body_bytes: int, shed_path: str | None = None, overloaded: list | None = None):
+    def __init__(self, app, max_body_bytes: int):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        # Early shedding: overloaded[0]() -> Retry-After seconds or None. Checked before the body is read or
-        # parsed, so an overloaded server spends next to nothing on a request it is going to refuse anyway.
-        self.shed_path = shed_path
-        self.overloaded = overloaded or [None]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        check = self.overloaded[0]
-        if check is not None and scope.get("path") == self.shed_path and (retry_after := check()) is not None:
-            return await _send_error(send, 503, "server overloaded: retry later",
-                                     [(b"retry-after", str(retry_after).encode())], close=False)
         limit = self.max_body_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:

@@ -222,6 +222,9 @@ def test_overload_sheds_fast_with_retry_after(server, clf):
     for r in served:
         assert_same(r.json(), want)
     assert classify(server, {"texts": ["after the storm"]}).status_code == 200
+    shed_counts = [float(line.rsplit(" ", 1)[1]) for line in httpx.get(server.url + "/metrics").text.splitlines()
+                   if line.startswith("slimship_shed_requests_total")]
+    assert sum(shed_counts) == len(shed)   # every 503, whichever check refused it, is counted
 
 
 def classify_schema(spec: dict) -> dict:
