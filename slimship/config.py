@@ -15,8 +15,8 @@ import yaml
 
 from slimship import UserError
 
-SECTIONS = ("train", "distill", "prune", "export", "quantize", "compress", "evaluate", "serve", "build",
-            "containerize", "score", "run", "report")
+SECTIONS = ("train", "distill", "prune", "trim_vocab", "export", "quantize", "compress", "evaluate", "serve",
+            "build", "containerize", "score", "run", "report")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ The grid (see configs/grid-default.yaml for the default and its keys):
   prune: [{}, {heads: 0.5, ffn: 0.5}]   pruning ratios per student ({} = unpruned)
   optimize: [none, O2]                  ONNX Runtime fusion levels
   quantize: [dynamic, static]           INT8 modes (none = keep FP32)
+  embedding_bits: [8]                   add 4 for 4-bit word-embedding candidates (smaller files)
+  vocab: [full]                         add train to also try each student with only the training data's tokens
   include_teacher: true                 the teacher itself is a candidate too
   distill: {epochs: 3}                  distill stage options; prune_options: {recovery_epochs: 1}
 
