@@ -210,6 +210,8 @@ def main() -> None:
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0)
     parser.add_argument("--extra-prune", action="append", default=[], metavar="YAML",
                         help="one more pruning entry for the grid, e.g. '{heads: 0.5, ffn: 0.75}' (repeatable)")
+    parser.add_argument("--prune", action="append", default=[], metavar="YAML",
+                        help="replace the grid's pruning entries with these (repeatable); '{}' is the unpruned student")
     parser.add_argument("--grid", choices=["full", "small"], default="full",
                         help="full: distil + two pruning variants; small: distil only (a busy machine)")
     parser.add_argument("--compress-amp", default="off",
@@ -241,9 +243,10 @@ def main() -> None:
     grid = grid_for(args.grid, args.distill_rows, args.distill_alpha, args.recovery_epochs,
                     args.quantize.split(","), args.vocab.split(","),
                     [int(bits) for bits in args.embedding_bits.split(",")])
-    if args.extra_prune:
+    if args.prune or args.extra_prune:
         import yaml
 
+        grid["prune"] = [yaml.safe_load(entry) or {} for entry in args.prune] or grid["prune"]
         grid["prune"] = [*grid["prune"], *(yaml.safe_load(entry) for entry in args.extra_prune)]
     cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, grid=Grid(**grid), threads=args.threads,
                          train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,

@@ -8,7 +8,13 @@ of the training texts with the artifact's own fast tokenizer and keeps, in their
 
 - every id seen at least ``min_count`` times;
 - a fixed set that is always kept: the special tokens ([PAD] [UNK] [CLS] [SEP] [MASK] and whatever else the
-  tokenizer declares) and every single-character token with its continuation form (``a`` and ``##a``).
+  tokenizer declares) and every single-character token with its continuation form (``a`` and ``##a``);
+- with ``keep_top`` N, the first N ids of the vocabulary as well: BERT's WordPiece vocabularies (bert-base,
+  MiniLM, ...) list their pieces, after the reserved and single-character ones, in order of frequency in the
+  pretraining corpus ("the", "of", "and", "in", ...), so this keeps the words of general text that the
+  training split happens not to contain -- the words a validation or production text brings. Pieces that
+  the tokenizer can never produce (``[unused12]``: the pre-tokenizer splits punctuation off every word) are
+  not kept by this rule.
 
 WordPiece is a greedy longest match over the vocabulary, so with the single characters kept any word that
 tokenized without [UNK] before still does: where a longer piece is gone it falls back to shorter ones. And when
@@ -38,7 +44,7 @@ from slimship.manifest import stage_log
 KEPT_IDS_FILE = "kept_token_ids.json"
 COUNT_CHUNK = 4096      # texts per encode_batch call: keeps the progress bar moving and memory flat
 CHECK_TEXTS = 2000      # counted texts re-tokenized by the trimmed tokenizer as a self-check
-GRID_OPTIONS = ("min_count", "max_rows")  # what a compression grid's vocab_options may set; the rest is the run's
+GRID_OPTIONS = ("min_count", "max_rows", "keep_top")  # what a compression grid's vocab_options may set; the rest is the run's
 
 
 @dataclass
@@ -46,6 +52,7 @@ class VocabConfig:
     data: str | None = None             # the training split's texts decide the vocabulary
     min_count: int = 1                  # keep ids seen at least this often in the counted texts
     max_rows: int | None = None         # count a deterministic sample of this many training rows; None: all
+    keep_top: int = 0                   # also keep the vocabulary's first N ids (BERT: the most frequent pieces)
     text_column: str = "text"
     label_column: str = "label"
     validation_fraction: float = 0.1    # for a single data file, split as the other stages split it
@@ -59,6 +66,8 @@ class VocabConfig:
             raise UserError("--data is needed: the tokens to keep are counted on its training rows")
         if self.min_count < 1:
             raise UserError(f"--min-count must be at least 1, not {self.min_count}")
+        if not isinstance(self.keep_top, int) or self.keep_top < 0:
+            raise UserError(f"--keep-top must be a whole number of at least 0, not {self.keep_top!r}")
         if self.max_rows is not None and self.max_rows < 1:
             raise UserError(f"--max-rows must be at least 1 (or left out for every training row), not {self.max_rows}")
         if self.max_eval_rows is not None and self.max_eval_rows < 1:
@@ -141,6 +150,25 @@ def fixed_ids(spec: dict[str, Any], tokenizer, model_config) -> set[int]:
         if len(token) == 1 or (token.startswith(prefix) and len(token) == len(prefix) + 1):
             keep.add(int(i))
     return keep
+
+
+def producible(token: str, prefix: str) -> bool:
+    """Whether WordPiece can emit ``token``: BERT's pre-tokenizer makes every punctuation character a word of its
+    own, so a longer piece holding one (``[unused3]``, ``[MASK]`` as plain text) never matches."""
+    import unicodedata
+
+    body = token[len(prefix):] if token.startswith(prefix) and len(token) > len(prefix) else token
+    return len(body) == 1 or not any(unicodedata.category(ch).startswith("P") or ch in "$+<=>^`|~"
+                                     for ch in body)
+
+
+def top_ids(spec: dict[str, Any], keep_top: int) -> set[int]:
+    """The vocabulary's first ``keep_top`` ids that WordPiece can produce."""
+    if keep_top <= 0:
+        return set()
+    prefix = spec["model"].get("continuing_subword_prefix") or "##"
+    return {int(i) for token, i in spec["model"]["vocab"].items()
+            if int(i) < keep_top and producible(token, prefix)}
 
 
 def counting_tokenizer(spec: dict[str, Any]):
@@ -315,11 +343,13 @@ def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path
     # Only ids the tokenizer can produce: embedding rows no token maps to are never looked up.
     fixed = {i for i in fixed_ids(spec, tokenizer, model.config) if i in tokens}
     seen = {int(i) for i in np.nonzero(counts >= cfg.min_count)[0] if int(i) in tokens}
-    kept = sorted(fixed | seen)
+    top = top_ids(spec, cfg.keep_top)
+    kept = sorted(fixed | seen | top)
     total_tokens = int(counts.sum())
     kept_tokens = int(counts[kept].sum())
     stage_log(f"keeping {len(kept):,} of {len(tokens):,} tokens ({len(seen):,} seen >= {cfg.min_count}x, "
-              f"{len(fixed):,} always kept); {kept_tokens / max(1, total_tokens) * 100:.2f}% of "
+              f"{len(fixed):,} always kept" + (f", {len(top - seen - fixed):,} more from the first {cfg.keep_top:,}"
+                                               if cfg.keep_top else "") + f"); {kept_tokens / max(1, total_tokens) * 100:.2f}% of "
               f"{total_tokens:,} training tokens keep their own embedding")
 
     before_params, before_size = count_parameters(model), weights_size(model_dir)
@@ -353,6 +383,7 @@ def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path
                                == after_logits["validation"].argmax(-1)).mean())
         vocab = {"size_before": len(tokens), "size_after": len(kept), "embedding_rows_before": rows,
                  "min_count": cfg.min_count, "fixed_tokens": len(fixed), "seen_tokens": len(seen),
+                 "keep_top": cfg.keep_top, "top_tokens_added": len(top - seen - fixed),
                  "train_rows": len(train_split), "train_tokens": total_tokens, "train_tokens_kept": kept_tokens,
                  "train_token_share_kept": kept_tokens / max(1, total_tokens),
                  "tokenization_checked_texts": compared, "kept_ids_file": KEPT_IDS_FILE}

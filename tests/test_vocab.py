@@ -75,6 +75,29 @@ def test_special_tokens_and_single_characters_are_kept(tiny_teacher, trimmed):
         assert enc.ids == tokenizer(text)["input_ids"]
 
 
+def test_keep_top_keeps_the_vocabularys_most_frequent_pieces(tiny_teacher, trimmed, tmp_path):
+    """--keep-top N adds the vocabulary's first N producible ids (BERT lists them by frequency) to what the data
+    uses: a general word the training split lacks keeps its own token instead of being spelled in pieces."""
+    from transformers import AutoTokenizer
+
+    from compress.vocab import VocabConfig, trim_vocab
+
+    original = AutoTokenizer.from_pretrained(str(tiny_teacher)).get_vocab()
+    word = "mountains"  # not in the demo data; a whole-word token of bert-base's vocabulary (id 4020)
+    assert word in original and original[word] < 12000 and word not in AutoTokenizer.from_pretrained(
+        str(trimmed)).get_vocab()
+    out = trim_vocab(tiny_teacher, tmp_path / "top", VocabConfig(data=str(DEMO_DATA), keep_top=12000, quiet=True))
+    kept = set(_kept(out).tolist())
+    m = artifact.load(out, format="pytorch")
+    assert set(_kept(trimmed).tolist()) < kept and original[word] in kept
+    assert m["vocab"]["keep_top"] == 12000 and m["vocab"]["top_tokens_added"] == len(kept) - len(_kept(trimmed))
+    # [unusedN] and "..." can never come out of the pre-tokenizer (punctuation is split off): not kept.
+    assert original["[unused5]"] not in kept and original["..."] not in kept
+    assert AutoTokenizer.from_pretrained(str(out)).tokenize(word) == [word]
+    with pytest.raises(UserError, match="--keep-top"):
+        VocabConfig(data=str(DEMO_DATA), keep_top=-1).check()
+
+
 def test_same_tokens_and_logits_where_every_token_is_kept(tiny_teacher, trimmed):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

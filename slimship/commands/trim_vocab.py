@@ -4,7 +4,9 @@ A small student is mostly word-embedding table (MiniLM's is 30522 x 384), and mo
 in one domain. The token ids of the training texts are counted with the artifact's own tokenizer; ids seen at
 least --min-count times are kept, together with the special tokens and every single character (plain and
 "##" form), so any word still tokenizes without [UNK] by falling back to shorter pieces. Texts whose tokens
-are all kept tokenize exactly as before and get the same predictions. The tokenizer (tokenizer.json,
+are all kept tokenize exactly as before and get the same predictions. --keep-top N also keeps the vocabulary's
+first N pieces (in BERT-style vocabularies, the most frequent ones of the pretraining corpus), so general
+words that the training split lacks keep their own embedding. The tokenizer (tokenizer.json,
 vocab.txt) is rewritten to match, so export, quantize and serving work unchanged.
 
 The artifact records the vocabulary and parameters before and after, the share of training tokens that kept
@@ -14,6 +16,7 @@ their own embedding, and the validation accuracy before and after. Only BERT-sty
 Examples:
   slimship trim-vocab --model runs/pruned --data examples/sentiment --out runs/pruned-vocab
   slimship trim-vocab --model runs/student --data ../shared/datasets/sst2 --out runs/student-vocab --min-count 2
+  slimship trim-vocab --model runs/student --data ../shared/datasets/sst2 --out runs/student-vocab --keep-top 20000
 """
 
 from slimship.commands import require
@@ -26,6 +29,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="PyTorch artifact directory to write")
     parser.add_argument("--min-count", type=int, default=1,
                         help="keep tokens seen at least N times in the training texts (default: 1)")
+    parser.add_argument("--keep-top", type=int, default=0, metavar="N",
+                        help="also keep the vocabulary's first N ids: in BERT-style vocabularies (MiniLM too) the "
+                        "pretraining corpus's most frequent pieces, so general words the training split lacks keep "
+                        "their embedding (default: 0, only the training data's tokens)")
     parser.add_argument("--max-rows", type=int,
                         help="count a deterministic sample of N training rows (default: every row)")
     parser.add_argument("--max-eval-rows", type=int, help="measure accuracy on only the first N validation rows")
@@ -42,7 +49,7 @@ def run(args) -> int:
     from compress.vocab import VocabConfig, trim_vocab
     from slimship import manifest as artifact
 
-    cfg = VocabConfig(data=args.data, min_count=args.min_count, max_rows=args.max_rows,
+    cfg = VocabConfig(data=args.data, min_count=args.min_count, max_rows=args.max_rows, keep_top=args.keep_top,
                       text_column=args.text_column, label_column=args.label_column,
                       validation_fraction=args.validation_fraction, seed=args.seed,
                       max_eval_rows=args.max_eval_rows, quiet=args.quiet)
