@@ -208,6 +208,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="timing passes per row, rows taking turns; the median pass is reported (default 5)")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0)
+    parser.add_argument("--max-model-mb", type=float, help="a size budget too (the search's --max-model-mb)")
+    parser.add_argument("--keep-top", type=int, default=0,
+                        help="trimmed vocabularies also keep the vocabulary's first N pieces (trim-vocab --keep-top)")
     parser.add_argument("--extra-prune", action="append", default=[], metavar="YAML",
                         help="one more pruning entry for the grid, e.g. '{heads: 0.5, ffn: 0.75}' (repeatable)")
     parser.add_argument("--prune", action="append", default=[], metavar="YAML",
@@ -248,7 +251,9 @@ def main() -> None:
 
         grid["prune"] = [yaml.safe_load(entry) or {} for entry in args.prune] or grid["prune"]
         grid["prune"] = [*grid["prune"], *(yaml.safe_load(entry) for entry in args.extra_prune)]
-    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, grid=Grid(**grid), threads=args.threads,
+    if args.keep_top:
+        grid["vocab_options"] = {"keep_top": args.keep_top}
+    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, max_model_mb=args.max_model_mb, grid=Grid(**grid), threads=args.threads,
                          train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,
                                            patience=1, amp=args.compress_amp))
     t0 = time.time()

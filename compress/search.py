@@ -112,6 +112,7 @@ def grid_from_dict(values: dict[str, Any], source: str = "grid") -> Grid:
 @dataclass
 class CompressConfig:
     max_accuracy_drop: float = 1.0          # accuracy points below the teacher, on the validation split
+    max_model_mb: float | None = None       # and a model file of at most this many MB (None: any size)
     objective: str = "throughput"           # throughput: batch-32 rows/s; latency: batch-1 p50
     grid: Grid = field(default_factory=Grid)
     train: TrainConfig = field(default_factory=TrainConfig)   # base options of the distill / prune stages
@@ -125,6 +126,8 @@ class CompressConfig:
             raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop must be 0 or more (accuracy points)")
+        if self.max_model_mb is not None and not self.max_model_mb > 0:
+            raise UserError(f"--max-model-mb must be a positive number of MB, not {self.max_model_mb!r}")
         self.grid.check()
         self.train.check()
 
@@ -395,7 +398,8 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     out.mkdir(parents=True, exist_ok=True)
     search = Search(teacher_dir, data, out, cfg)
     stage_log(f"compress {teacher_dir}: {len(nodes) - 1} stages, {len(measured_nodes)} candidates, budget "
-              f"{cfg.max_accuracy_drop:g} points, objective {cfg.objective}, {cfg.threads} threads")
+              f"{cfg.max_accuracy_drop:g} points" + (f" and {cfg.max_model_mb:g} MB" if cfg.max_model_mb else "")
+              + f", objective {cfg.objective}, {cfg.threads} threads")
 
     # The teacher's accuracy on exactly these rows, through the same metric code.
     from slimship.evaluate import artifact_logits
@@ -450,14 +454,21 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     report = {
         "kind": "compress", "teacher": str(teacher_dir), "data": str(data), "validation_rows": len(texts),
         "teacher_accuracy": teacher_metrics["accuracy"],
-        "budget": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "objective": cfg.objective},
+        "budget": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "objective": cfg.objective,
+                   **({"max_model_mb": cfg.max_model_mb} if cfg.max_model_mb else {})},
         "machine": {"threads": cfg.threads, "preset": cpu_preset()},
         "grid": asdict(cfg.grid), "rows": rows, "chosen": chosen["name"] if chosen else None,
     }
     if chosen is None:
-        report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the teacher "
-                             f"({teacher_metrics['accuracy'] * 100:.2f}%); the best was "
-                             f"{best_accuracy_note(rows)}. Loosen --max-accuracy-drop or widen the grid.")
+        if cfg.max_model_mb:
+            report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the teacher "
+                                 f"({teacher_metrics['accuracy'] * 100:.2f}%) and at most {cfg.max_model_mb:g} MB; "
+                                 f"{best_accuracy_note(rows, cfg.max_model_mb)}. Loosen --max-accuracy-drop or "
+                                 "--max-model-mb, or widen the grid (embedding_bits: [4], vocab: [train]).")
+        else:
+            report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the teacher "
+                                 f"({teacher_metrics['accuracy'] * 100:.2f}%); the best was "
+                                 f"{best_accuracy_note(rows)}. Loosen --max-accuracy-drop or widen the grid.")
         shutil.rmtree(out / "model", ignore_errors=True)   # a model from an earlier run would mislead
         write_report(out, report)
         raise BudgetNotMet(report["message"] + f" Report: {out / 'report.md'}")
@@ -485,10 +496,12 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
 
 
 def choose(rows: list[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any] | None:
-    """Mark each measured row within the budget and on the Pareto front; return the fastest in budget."""
+    """Mark each measured row within the budget (accuracy, and file size when one is set) and on the Pareto
+    front; return the fastest in budget."""
     measured = [r for r in rows if r.get("throughput_rows_s") is not None]
     for r in measured:
-        r["within_budget"] = -r["delta_points"] <= cfg.max_accuracy_drop + 1e-9
+        r["within_budget"] = -r["delta_points"] <= cfg.max_accuracy_drop + 1e-9 and (
+            cfg.max_model_mb is None or r["file_mb"] <= cfg.max_model_mb)
         r["cost"] = cost(r, cfg.objective)
     for r in measured:
         r["pareto"] = not any(o["accuracy"] >= r["accuracy"] and o["cost"] <= r["cost"]
@@ -507,12 +520,18 @@ def cost(row: dict[str, Any], objective: str) -> float:
     return 1000.0 / float(row["throughput_rows_s"])
 
 
-def best_accuracy_note(rows: list[dict[str, Any]]) -> str:
+def best_accuracy_note(rows: list[dict[str, Any]], max_model_mb: float | None = None) -> str:
     measured = [r for r in rows if r.get("throughput_rows_s") is not None]
     if not measured:
         return "nothing (no candidate was measured)"
     best = max(measured, key=lambda r: r["accuracy"])
-    return f"{best['name']} at {best['accuracy'] * 100:.2f}% ({best['delta_points']:+.2f} pt)"
+    note = f"{best['name']} at {best['accuracy'] * 100:.2f}% ({best['delta_points']:+.2f} pt)"
+    if max_model_mb is None:
+        return note
+    small = [r for r in measured if r["file_mb"] <= max_model_mb]
+    best_small = max(small, key=lambda r: r["accuracy"]) if small else None
+    return (f"the most accurate was {note}, {best['file_mb']:.1f} MB; within {max_model_mb:g} MB "
+            + (f"{best_small['name']} at {best_small['delta_points']:+.2f} pt" if best_small else "none was"))
 
 
 def chain_of(nodes: list[Node], name: str) -> list[dict[str, Any]]:

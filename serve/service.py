@@ -22,7 +22,7 @@ slimship_shed_requests_total.
 
 Settings (environment variables SLIMSHIP_WORKERS, SLIMSHIP_THREADS, SLIMSHIP_MAX_BATCH_SIZE, SLIMSHIP_MAX_LATENCY_MS,
 SLIMSHIP_MAX_QUEUE, SLIMSHIP_MAX_TEXTS, SLIMSHIP_MAX_TEXT_CHARS, SLIMSHIP_MAX_BODY_BYTES, SLIMSHIP_TIMEOUT_S,
-SLIMSHIP_WARMUP_S, SLIMSHIP_MODEL; defaults from the CPU count): table in serve/settings.py and docs/SERVING.md.
+SLIMSHIP_WARMUP_S, SLIMSHIP_INFER_NICE, SLIMSHIP_MODEL; defaults from the CPU count): table in serve/settings.py and docs/SERVING.md.
 This module imports only bentoml, onnxruntime, tokenizers, numpy and slimship's torch-free modules.
 """
 
@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serve import request_timeout
+from serve.balance import BalanceConnections, remove_shared_files
 from serve.batcher import AdaptiveBatcher, Overloaded
 from serve.limits import BodySizeLimit, ShedWhenOverloaded, install_outermost
 from serve.runtime import Classifier
@@ -101,7 +102,8 @@ class Classify:
         self.classifier = Classifier(stored.path, threads=SETTINGS.threads, spinning=False)
         self.model_tag = str(stored.tag)
         self.batcher = AdaptiveBatcher(self.classifier.logits, max_batch_size=SETTINGS.max_batch_size,
-                                       max_latency_ms=SETTINGS.max_latency_ms, max_queue=SETTINGS.max_queue)
+                                       max_latency_ms=SETTINGS.max_latency_ms, max_queue=SETTINGS.max_queue,
+                                       infer_nice=SETTINGS.infer_nice)
         self.metadata_doc = {
             "model": stored.tag.name,
             "version": stored.tag.version,
@@ -160,6 +162,7 @@ class Classify:
     @bentoml.on_shutdown
     async def drain(self) -> None:
         await self.batcher.drain()
+        remove_shared_files()
 
 
 _SERVICE: list[Optional[Classify]] = [None]  # the worker's instance, for the plain GET route below
@@ -178,4 +181,16 @@ SHED_EARLY: list = [None]  # the worker's Classify.shed_early, for the middlewar
 # what passing it through those costs (2 cores, 2x capacity: 503s in 29-184 ms at p50 instead of 255 ms; at 4x
 # no client timeouts instead of 64 of 40,000).
 install_outermost(ShedWhenOverloaded, path="/classify", overloaded=SHED_EARLY)
+
+
+def worker_index() -> Optional[int]:
+    """This worker's 0-based index (BentoML numbers its workers from 1), None outside a worker."""
+    from bentoml._internal.context import server_context
+
+    return None if server_context.worker_index is None else server_context.worker_index - 1
+
+
+# Outermost of all: the workers share one listening socket, and a burst of new connections can all land on one
+# of them; this evens them out (serve/balance.py).
+install_outermost(BalanceConnections, workers=SETTINGS.workers, worker_index=worker_index)
 Classify.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)

@@ -12,6 +12,7 @@
 | SLIMSHIP_MAX_TEXT_CHARS | 10000 | longest text in characters (400 beyond; tokens past max_length are truncated) |
 | SLIMSHIP_MAX_BODY_BYTES | 1000000 | largest request body (413 beyond) |
 | SLIMSHIP_TIMEOUT_S | 30 | BentoML's request timeout (504 beyond) |
+| SLIMSHIP_INFER_NICE | 10 | while shedding, inference runs at this much lower priority than the event loop (0: never) |
 | SLIMSHIP_WARMUP_S | 0 | keep warming up (repeated inference) at least this long before /readyz says ready |
 
 Why these defaults: one worker per core, each running ONNX Runtime on one thread. A worker's HTTP handling is
@@ -78,6 +79,7 @@ class ServeSettings:
     max_body_bytes: int
     timeout_s: int
     warmup_s: int
+    infer_nice: int
 
     @classmethod
     def from_env(cls) -> "ServeSettings":
@@ -95,6 +97,7 @@ class ServeSettings:
             max_body_bytes=_int("SLIMSHIP_MAX_BODY_BYTES", 1_000_000),
             timeout_s=_int("SLIMSHIP_TIMEOUT_S", 30),
             warmup_s=_int("SLIMSHIP_WARMUP_S", 0, minimum=0),
+            infer_nice=_int("SLIMSHIP_INFER_NICE", 10, minimum=0),
         )
 
     def as_dict(self) -> dict:

@@ -70,7 +70,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"teacher accuracy {report['teacher_accuracy'] * 100:.2f}% on {report.get('validation_rows')} "
                      f"validation rows of {report.get('data')}")
     if budget:
-        lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} points below the teacher; "
+        size = f" and at most {budget['max_model_mb']:g} MB" if budget.get("max_model_mb") else ""
+        lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} points below the teacher{size}; "
                      f"objective: {budget.get('objective')}")
     machine = report.get("machine") or {}
     if machine:

@@ -122,6 +122,26 @@ def test_budget_nothing_meets_still_writes_report(tiny_teacher, tmp_path):
     assert not (out / "model").exists()
 
 
+def test_size_budget_picks_the_fastest_small_enough_candidate():
+    """--max-model-mb: the fastest candidate within the accuracy budget *and* the size wins; none, a clear note."""
+    from compress.search import CompressConfig, best_accuracy_note, choose
+    from slimship import UserError
+
+    def row(name, delta, rows_s, mb):
+        return {"name": name, "accuracy": 0.9 + delta / 100, "delta_points": delta, "throughput_rows_s": rows_s,
+                "latency_ms_p50": 1000 / rows_s, "file_mb": mb}
+
+    rows = [row("big-fast", -0.2, 2000, 14.0), row("small-slow", -0.8, 1500, 7.9), row("small-bad", -2.0, 2500, 6.0)]
+    assert choose(rows, CompressConfig(max_accuracy_drop=1.0))["name"] == "big-fast"
+    assert choose(rows, CompressConfig(max_accuracy_drop=1.0, max_model_mb=8))["name"] == "small-slow"
+    assert [r["within_budget"] for r in rows] == [False, True, False]
+    assert choose(rows, CompressConfig(max_accuracy_drop=1.0, max_model_mb=5)) is None
+    assert "within 5 MB none was" in best_accuracy_note(rows, 5)
+    assert "within 8 MB small-bad" not in best_accuracy_note(rows, 8)
+    with pytest.raises(UserError, match="--max-model-mb"):
+        CompressConfig(max_model_mb=0).check()
+
+
 def test_bad_grid_is_refused(tmp_path):
     from slimship import UserError
     from compress.search import load_grid

@@ -141,6 +141,32 @@ def test_batcher_sheds_fast_when_the_queue_is_full(clf):
     assert isinstance(second, Overloaded) and "predicted queue wait 400 ms" in str(second)
 
 
+def test_batches_run_at_lower_priority_only_while_shedding(clf):
+    """While the server sheds (and briefly after), inference runs on a thread with a higher nice value, so the
+    event loop that refuses requests goes first; at normal load it keeps the normal one."""
+    import os
+    import threading
+
+    seen = []
+
+    def infer(texts):
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return clf.logits(texts)
+
+    batcher = AdaptiveBatcher(infer, max_batch_size=4, max_latency_ms=10_000, max_queue=4, infer_nice=7)
+
+    async def main():
+        await batcher.submit(TEXTS[:2])                 # normal load
+        await asyncio.gather(*(batcher.submit(TEXTS[:4]) for _ in range(3)), return_exceptions=True)  # sheds
+        await batcher.submit(TEXTS[:2])                 # right after shedding
+        await batcher.drain()
+
+    asyncio.run(main())
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen[0] == ("slimship-infer_0", base) and batcher.shed >= 1
+    assert seen[-1][0].startswith("slimship-infer-low") and seen[-1][1] == min(19, base + 7)
+
+
 def test_import_into_model_store_and_serve_imports_no_torch(tiny_onnx, tmp_path):
     """The store import verifies and pins the artifact; the serving modules never load torch or transformers."""
     env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), BENTOML_DO_NOT_TRACK="true")

@@ -3,7 +3,7 @@
 From the teacher: distil students (--grid layers), prune them (heads / FFN / hidden ratios, KD recovery),
 export every PyTorch model unfused and fused, quantize every export (dynamic / static INT8). Each ONNX
 candidate's validation accuracy, batch-1 latency and batch-32 throughput are measured on this machine; the
-fastest within --max-accuracy-drop points of the teacher is written to OUT/model (an ONNX artifact), and
+fastest within --max-accuracy-drop points of the teacher (and --max-model-mb, when given) is written to OUT/model (an ONNX artifact), and
 OUT/report.json, report.md and pareto.png show every candidate and the Pareto front.
 
 Resumable: every candidate is its own artifact under OUT/candidates; run the same command again after a crash
@@ -35,6 +35,9 @@ def add_arguments(parser) -> None:
     search = parser.add_argument_group("search")
     search.add_argument("--max-accuracy-drop", type=float, default=1.0,
                         help="accuracy points the chosen model may lose against the teacher (default: 1.0)")
+    search.add_argument("--max-model-mb", type=float, metavar="MB",
+                        help="and a model file of at most MB megabytes (default: any size); 4-bit embeddings and "
+                        "vocabulary trimming in the grid are what bring a MiniLM student under about 9 MB")
     search.add_argument("--objective", choices=["throughput", "latency"], default="throughput",
                         help="'fastest' means: most rows/s at batch 32, or lowest batch-1 p50 (default: throughput)")
     search.add_argument("--grid", metavar="FILE.yaml", help="the grid to search (default: the built-in grid)")
@@ -59,7 +62,8 @@ def run(args) -> int:
         grid = grid_from_dict(args.grid, f"{args.config}: grid")
     else:
         grid = load_grid(args.grid) if args.grid else Grid()
-    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, objective=args.objective, grid=grid,
+    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, max_model_mb=args.max_model_mb,
+                         objective=args.objective, grid=grid,
                          train=train_config(args), threads=args.threads, calibration=args.calibration,
                          latency_rows=args.latency_rows, throughput_rows=args.throughput_rows)
     try:
