@@ -178,6 +178,8 @@ assert import_artifact({str(tiny_onnx)!r}) == tag  # idempotent
 import os; os.environ["SLIMSHIP_MODEL"] = tag
 import serve.runtime, serve.service, serve.batcher, serve.limits, serve.settings
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum"))
+ours = sorted(m.__file__ for name, m in sys.modules.items() if name.split(".")[0] in ("serve", "slimship"))
+print("OURS", *ours)
 print(tag); print("HEAVY", bad)
 """
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -185,6 +187,14 @@ print(tag); print("HEAVY", bad)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == "HEAVY []"
+    # Every project file the service imports goes into the bento (bentofile.yaml's include list), or the image
+    # fails to start with a ModuleNotFoundError that only the container tests would see.
+    import yaml
+
+    included = set(yaml.safe_load((ROOT / "bentofile.yaml").read_text())["include"])
+    imported = {str(Path(f).resolve().relative_to(ROOT)) for f in next(l for l in lines if l.startswith("OURS"))
+                .split()[1:] if "serve/store.py" not in f}
+    assert imported <= included, f"not in bentofile.yaml's include: {sorted(imported - included)}"
     assert lines[-2] == f"slimship-classifier:{manifest_digest(tiny_onnx)[:16]}"
     stored = tmp_path / "bentoml" / "models" / "slimship-classifier" / manifest_digest(tiny_onnx)[:16]
     assert (stored / "manifest.json").read_bytes() == (tiny_onnx / "manifest.json").read_bytes()
