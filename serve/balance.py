@@ -87,7 +87,11 @@ class BalanceConnections:
             self.workers = 1                  # not a known worker of a multi-worker server: stay out of the way
             return False
         port = (scope.get("server") or ("", 0))[1]
-        self.table = SharedCounts(self.table_path or shared_counts_path(port), self.workers, index)
+        try:
+            self.table = SharedCounts(self.table_path or shared_counts_path(port), self.workers, index)
+        except OSError:                       # no writable shared directory: serve unbalanced rather than fail
+            self.workers = 1
+            return False
         OPENED.append(self.table.path)
         return True
 

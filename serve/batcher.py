@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -34,7 +35,8 @@ def lower_priority(nice: int) -> None:
     """Raise the calling thread's nice value by ``nice`` (Linux schedules threads one by one; raising needs no
     privilege). For the inference thread: when the cores are short, the event loop that answers -- and sheds --
     requests goes first, and the batch cost model sees the slower inference and admits less."""
-    if nice > 0 and hasattr(os, "setpriority"):
+    # Only Linux schedules threads by their own nice value; elsewhere a thread id is not a valid PRIO_PROCESS.
+    if nice > 0 and sys.platform.startswith("linux"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         except OSError:

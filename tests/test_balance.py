@@ -62,10 +62,11 @@ def test_an_overfull_worker_asks_its_extra_clients_to_reconnect(tmp_path, monkey
     assert not any(_asked_to_close(_request(busy, port)) for port in on_busy)
 
 
-def test_one_worker_or_outside_a_worker_changes_nothing(tmp_path):
-    for workers, index in ((1, 0), (2, None)):
+def test_one_worker_outside_a_worker_or_no_shared_file_changes_nothing(tmp_path):
+    for workers, index, table in ((1, 0, tmp_path / "t"), (2, None, tmp_path / "t"),
+                                  (2, 0, tmp_path / "missing-dir" / "t")):
         middleware = BalanceConnections(_app, workers=workers, worker_index=lambda i=index: i,
-                                        interval_s=0.0, update_s=0.0, table_path=str(tmp_path / "t"))
+                                        interval_s=0.0, update_s=0.0, table_path=str(table))
         for port in range(40000, 40010):
             sent = _request(middleware, port)
             assert sent[0]["headers"] == [(b"content-type", b"text/plain")]
