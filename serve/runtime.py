@@ -75,10 +75,10 @@ class Classifier:
 
     def __init__(self, artifact_dir: str | Path, *, threads: int | None = None, verify: bool = True,
                  spinning: bool = True):
-        """``threads``: ONNX Runtime intra-op threads (default: SLIMSHIP_THREADS, else every core).
+        """``threads``: CPU threads for ONNX Runtime (default: SLIMSHIP_THREADS, else every core): a single text
+        runs on that many intra-op threads, a batch runs its calls side by side on that many threads.
         ``spinning=False`` lets idle ORT threads sleep instead of busy-waiting: a server sharing its cores with
         an event loop wants that; a batch job that keeps ORT busy does not."""
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.path = Path(artifact_dir)
@@ -94,16 +94,25 @@ class Classifier:
         pad_id = self.tokenizer.token_to_id("[PAD]")
         self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
 
-        options = ort.SessionOptions()
         self.threads = threads or default_threads()
-        options.intra_op_num_threads = self.threads
+        self._spinning = spinning
+        self.session = self._new_session(self.threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        # Batches on a CPU with several threads run data-parallel: see run().
+        self._parallel = self.threads > 1 and self.session.get_providers()[0] == "CPUExecutionProvider"
+        self._parallel_session = None   # made on first use: one intra-op thread, shared by the pool's threads
+        self._pool = None
+
+    def _new_session(self, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not spinning:
+        if not self._spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path / MODEL_FILE), options,
-                                            providers=self.providers(ort))
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        return ort.InferenceSession(str(self.path / MODEL_FILE), options, providers=self.providers(ort))
 
     @staticmethod
     def providers(ort) -> list[str]:
@@ -136,10 +145,34 @@ class Classifier:
         if len(lengths) == 1:
             return self.session.run(["logits"], feeds)[0]
         logits = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
-        for rows in length_groups(lengths):
+        groups = length_groups(lengths)
+
+        def run_group(session, rows):
             width = int(lengths[rows].max())
             group = {name: np.ascontiguousarray(value[rows, :width]) for name, value in feeds.items()}
-            logits[rows] = self.session.run(["logits"], group)[0]
+            logits[rows] = session.run(["logits"], group)[0]
+
+        if not self._parallel:
+            for rows in groups:
+                run_group(self.session, rows)
+            return logits
+        # Data-parallel: the calls of one batch (the groups, and halves of the biggest groups until there are
+        # as many calls as threads) run at once, each on one thread. For these sentence-length batches that
+        # beat splitting each call's small matrices over the threads by 40-50% (2 cores, the SST-2 student:
+        # 1,910-2,040 rows/s against 1,100-1,370).
+        while len(groups) < self.threads and max(len(g) for g in groups) > 1:
+            biggest = max(range(len(groups)), key=lambda i: len(groups[i]))
+            rows = groups.pop(biggest)
+            groups += [rows[:len(rows) // 2], rows[len(rows) // 2:]]
+        if self._parallel_session is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._parallel_session = self._new_session(1)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="slimship-ort")
+        # Longest calls first, so the last one to start is a short one.
+        groups.sort(key=lambda rows: -len(rows) * int(lengths[rows].max()))
+        for future in [self._pool.submit(run_group, self._parallel_session, rows) for rows in groups]:
+            future.result()
         return logits
 
     def predict(self, texts: Sequence[str], probs: bool = False) -> list[dict[str, Any]]:

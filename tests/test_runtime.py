@@ -72,6 +72,20 @@ def test_split_batches_give_the_logits_of_one_padded_call(clf):
     np.testing.assert_allclose(clf.logits(texts), one_call, atol=1e-5)
 
 
+def test_several_threads_run_a_batch_data_parallel_with_the_same_logits(clf, tiny_onnx):
+    """threads > 1: a batch's calls run side by side on one-thread sessions (a lone group is halved first);
+    a single text still runs on the multi-thread session. Same logits as one thread (an FP32 model)."""
+    parallel = Classifier(tiny_onnx, threads=3)
+    mixed = ["ok", "word " * 60, "fine", "a rather longer sentence about a film " * 4, "no"] * 3
+    alike = ["a sentence of six words here"] * 7        # one length group, split across the threads
+    for texts in (mixed, alike, mixed[:1]):
+        np.testing.assert_allclose(parallel.logits(texts), clf.logits(texts), atol=1e-5)
+    assert parallel._parallel_session is not None and parallel._pool._max_workers == 3
+    single = Classifier(tiny_onnx, threads=1)
+    single.logits(mixed)
+    assert single._parallel_session is None            # one thread: the plain path, no second session
+
+
 def test_long_text_is_truncated_to_max_length(clf):
     feeds = clf.encode(["word " * 5000, "short"])
     assert feeds["input_ids"].shape == (2, clf.max_length)
