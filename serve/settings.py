@@ -4,7 +4,7 @@
 |---|---|---|
 | SLIMSHIP_MODEL | the bento's pinned tag, else slimship-classifier:latest | model-store tag the service loads |
 | SLIMSHIP_WORKERS | cores, at most 4 | server processes, each with its own ONNX session and batcher |
-| SLIMSHIP_THREADS | cores / workers | ONNX Runtime intra-op threads per worker |
+| SLIMSHIP_THREADS | cores / workers | ONNX Runtime threads per worker (a single text: intra-op; a batch: its calls side by side) |
 | SLIMSHIP_MAX_BATCH_SIZE | 32 | most texts in one ONNX Runtime call |
 | SLIMSHIP_MAX_LATENCY_MS | 500 | a request whose predicted queue wait exceeds this is shed at once (503) |
 | SLIMSHIP_MAX_QUEUE | 64 x max batch | most texts waiting in the queue; beyond that, 503 |
