@@ -22,7 +22,8 @@ slimship_shed_requests_total.
 
 Settings (environment variables SLIMSHIP_WORKERS, SLIMSHIP_THREADS, SLIMSHIP_MAX_BATCH_SIZE, SLIMSHIP_MAX_LATENCY_MS,
 SLIMSHIP_MAX_QUEUE, SLIMSHIP_MAX_TEXTS, SLIMSHIP_MAX_TEXT_CHARS, SLIMSHIP_MAX_BODY_BYTES, SLIMSHIP_TIMEOUT_S,
-SLIMSHIP_WARMUP_S, SLIMSHIP_INFER_NICE, SLIMSHIP_MODEL; defaults from the CPU count): table in serve/settings.py and docs/SERVING.md.
+SLIMSHIP_WARMUP_S, SLIMSHIP_INFER_NICE, SLIMSHIP_MODEL; defaults from the CPU count): table in serve/settings.py
+and docs/SERVING.md.
 This module imports only bentoml, onnxruntime, tokenizers, numpy and slimship's torch-free modules.
 """
 
