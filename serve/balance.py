@@ -8,8 +8,9 @@ throughput of one worker (626 req/s instead of about 1,150; docs/BENCHMARKS.md).
 
 Each worker counts the clients it served in the last ``window_s`` seconds and publishes that count in a small
 shared file, one slot per worker. A worker holding clearly more than its fair share (the total over the
-workers, plus a slack) asks half its excess, one client at a time, to reconnect -- ``Connection: close`` on a response, which
-HTTP/1.1 clients follow by opening a new connection for their next request -- at most once per ``interval_s``.
+workers, plus a slack) asks half its excess, one client at a time and at most once per ``interval_s``, to
+reconnect: ``Connection: close`` on a response, which HTTP/1.1 clients follow by opening a new connection for
+their next request.
 The new connection goes to whichever worker accepts it first, most often the less busy one, and the counts
 settle within a second or two. Nothing else changes: the response is the same, and no request is dropped.
 """
