@@ -464,7 +464,7 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
             report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the teacher "
                                  f"({teacher_metrics['accuracy'] * 100:.2f}%) and at most {cfg.max_model_mb:g} MB; "
                                  f"{best_accuracy_note(rows, cfg.max_model_mb)}. Loosen --max-accuracy-drop or "
-                                 "--max-model-mb, or widen the grid (embedding_bits: [4], vocab: [train]).")
+                                 "--max-model-mb, or widen the grid" + smaller_hint(cfg.grid) + ".")
         else:
             report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the teacher "
                                  f"({teacher_metrics['accuracy'] * 100:.2f}%); the best was "
@@ -532,6 +532,13 @@ def best_accuracy_note(rows: list[dict[str, Any]], max_model_mb: float | None = 
     best_small = max(small, key=lambda r: r["accuracy"]) if small else None
     return (f"the most accurate was {note}, {best['file_mb']:.1f} MB; within {max_model_mb:g} MB "
             + (f"{best_small['name']} at {best_small['delta_points']:+.2f} pt" if best_small else "none was"))
+
+
+def smaller_hint(grid: Grid) -> str:
+    """The grid axes that make files smaller and are not tried yet, as a hint for a size budget nothing met."""
+    missing = [axis for axis, present in (("embedding_bits: [8, 4]", 4 in grid.embedding_bits),
+                                          ("vocab: [full, train]", "train" in grid.vocab)) if not present]
+    return f" ({', '.join(missing)})" if missing else " (more pruning, fewer layers)"
 
 
 def chain_of(nodes: list[Node], name: str) -> list[dict[str, Any]]:

@@ -140,6 +140,10 @@ def test_size_budget_picks_the_fastest_small_enough_candidate():
     assert "within 8 MB small-bad" not in best_accuracy_note(rows, 8)
     with pytest.raises(UserError, match="--max-model-mb"):
         CompressConfig(max_model_mb=0).check()
+    from compress.search import Grid, smaller_hint
+
+    assert smaller_hint(Grid()) == " (embedding_bits: [8, 4], vocab: [full, train])"
+    assert smaller_hint(Grid(embedding_bits=[8, 4], vocab=["full", "train"])) == " (more pruning, fewer layers)"
 
 
 def test_bad_grid_is_refused(tmp_path):
