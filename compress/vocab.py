@@ -44,7 +44,8 @@ from slimship.manifest import stage_log
 KEPT_IDS_FILE = "kept_token_ids.json"
 COUNT_CHUNK = 4096      # texts per encode_batch call: keeps the progress bar moving and memory flat
 CHECK_TEXTS = 2000      # counted texts re-tokenized by the trimmed tokenizer as a self-check
-GRID_OPTIONS = ("min_count", "max_rows", "keep_top")  # what a compression grid's vocab_options may set; the rest is the run's
+# What a compression grid's vocab_options may set; the rest is the run's.
+GRID_OPTIONS = ("min_count", "max_rows", "keep_top")
 
 
 @dataclass
@@ -347,9 +348,9 @@ def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path
     kept = sorted(fixed | seen | top)
     total_tokens = int(counts.sum())
     kept_tokens = int(counts[kept].sum())
+    from_top = f", {len(top - seen - fixed):,} more from the first {cfg.keep_top:,}" if cfg.keep_top else ""
     stage_log(f"keeping {len(kept):,} of {len(tokens):,} tokens ({len(seen):,} seen >= {cfg.min_count}x, "
-              f"{len(fixed):,} always kept" + (f", {len(top - seen - fixed):,} more from the first {cfg.keep_top:,}"
-                                               if cfg.keep_top else "") + f"); {kept_tokens / max(1, total_tokens) * 100:.2f}% of "
+              f"{len(fixed):,} always kept{from_top}); {kept_tokens / max(1, total_tokens) * 100:.2f}% of "
               f"{total_tokens:,} training tokens keep their own embedding")
 
     before_params, before_size = count_parameters(model), weights_size(model_dir)

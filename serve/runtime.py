@@ -11,6 +11,7 @@ serving image small and its start fast.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -102,6 +103,7 @@ class Classifier:
         self._parallel = self.threads > 1 and self.session.get_providers()[0] == "CPUExecutionProvider"
         self._parallel_session = None   # made on first use: one intra-op thread, shared by the pool's threads
         self._pool = None
+        self._parallel_lock = threading.Lock()
 
     def _new_session(self, threads: int):
         import onnxruntime as ort
@@ -164,11 +166,12 @@ class Classifier:
             biggest = max(range(len(groups)), key=lambda i: len(groups[i]))
             rows = groups.pop(biggest)
             groups += [rows[:len(rows) // 2], rows[len(rows) // 2:]]
-        if self._parallel_session is None:
-            from concurrent.futures import ThreadPoolExecutor
+        with self._parallel_lock:        # callers on several threads must not build it twice
+            if self._parallel_session is None:
+                from concurrent.futures import ThreadPoolExecutor
 
-            self._parallel_session = self._new_session(1)
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="slimship-ort")
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="slimship-ort")
+                self._parallel_session = self._new_session(1)
         # Longest calls first, so the last one to start is a short one.
         groups.sort(key=lambda rows: -len(rows) * int(lengths[rows].max()))
         for future in [self._pool.submit(run_group, self._parallel_session, rows) for rows in groups]:
