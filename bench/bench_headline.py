@@ -253,7 +253,8 @@ def main() -> None:
         grid["prune"] = [*grid["prune"], *(yaml.safe_load(entry) for entry in args.extra_prune)]
     if args.keep_top:
         grid["vocab_options"] = {"keep_top": args.keep_top}
-    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, max_model_mb=args.max_model_mb, grid=Grid(**grid), threads=args.threads,
+    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, max_model_mb=args.max_model_mb, grid=Grid(**grid),
+                         threads=args.threads,
                          train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,
                                            patience=1, amp=args.compress_amp))
     t0 = time.time()

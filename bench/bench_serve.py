@@ -11,8 +11,9 @@
    on 2 cores) sends one SST-2 validation sentence per request, at 1/8/32/64 concurrent connections, for a fixed
    duration each: req/s, p50/p95/p99 and errors by status (bench/classify.lua).
 3. Overload: an open-loop generator (bench/openloop.c, compiled on first use; fixed arrival rate, latency counted
-   from when each request fell due) offers 4x (``--overload``) the best measured req/s for a fixed time, with a per-request timeout; it reports how many were answered 200 / shed 503 /
-   timed out, the latency of each, and the server's RSS before and after (memory must stay flat).
+   from when each request fell due) offers 4x (``--overload``) the best measured req/s for a fixed time, with a
+   per-request timeout; it reports how many were answered 200 / shed 503 / timed out, the latency of each, and
+   the server's RSS before and after (memory must stay flat).
 Results: bench/results/serve.json and a markdown table on stdout (pasted into docs/BENCHMARKS.md).
 """
 
@@ -148,6 +149,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q / 100 * len(values)))]
 
 
+def summary_by_status(latencies: dict[str, list[float]]) -> dict:
+    return {k: {"n": len(v), "p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99)}
+            for k, v in sorted(latencies.items())}
+
+
+def cpu_seconds(before, after) -> float:
+    """User + system CPU between two ``resource.getrusage`` readings."""
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
 async def open_loop(url: str, rate: float, seconds: int, bodies: list[bytes], timeout: float = 10.0) -> dict:
     """Fire requests at a fixed rate regardless of answers (overload is offered, not negotiated)."""
     import aiohttp
@@ -180,8 +191,7 @@ async def open_loop(url: str, rate: float, seconds: int, bodies: list[bytes], ti
         offered_s = time.perf_counter() - start
         await asyncio.gather(*tasks)
     return {"offered": n, "offered_req_s": n / offered_s,
-            "by_status": {k: {"n": len(v), "p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99)}
-                          for k, v in sorted(latencies.items())},
+            "by_status": summary_by_status(latencies),
             "retry_after_headers": len(retry_after)}
 
 
@@ -218,10 +228,9 @@ def open_loop_c(binary: Path, url: str, rate: float, seconds: int, bodies: Path,
         retry_after += int(has_retry_after)
     n = int(rate * seconds)
     return {"offered": n, "offered_req_s": rate, "generator": "openloop.c",
-            "generator_cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "generator_cpu_s": cpu_seconds(before, after),
             "generator_log": run.stderr.strip(),
-            "by_status": {k: {"n": len(v), "p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99)}
-                          for k, v in sorted(latencies.items())},
+            "by_status": summary_by_status(latencies),
             "retry_after_headers": retry_after}
 
 
@@ -256,8 +265,7 @@ def run_service(server: Server, bodies: Path, clients: list[int], seconds: int, 
             before = resource.getrusage(resource.RUSAGE_SELF)
             overload = run_async(open_loop(server.url, factor * capacity, overload_s, lines))
             after = resource.getrusage(resource.RUSAGE_SELF)
-            overload.update(generator="aiohttp", generator_cpu_s=after.ru_utime + after.ru_stime
-                            - before.ru_utime - before.ru_stime)
+            overload.update(generator="aiohttp", generator_cpu_s=cpu_seconds(before, after))
         overload.update(factor=factor, capacity_req_s=capacity, rss_before_mb=rss_before,
                         rss_after_mb=server.rss_mb())
         alive = httpx.post(server.url + "/classify", json={"texts": ["still alive?"]}, timeout=30).status_code
