@@ -88,10 +88,10 @@ def main() -> None:
 
 
 def train_chain(args, out: Path, timed) -> list[tuple[str, Path]]:
-    from compress.distill import DistillConfig, distill
-    from compress.prune import PruneConfig, prune
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.compress.distill import DistillConfig, distill
+    from slimship.compress.prune import PruneConfig, prune
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     common = dict(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True, patience=0)
     teacher = timed("train teacher", train, "minilm", args.data, out / "teacher",
@@ -112,9 +112,9 @@ def measure(args, out: Path, models: list[tuple[str, Path]], timings: dict) -> N
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.profile import model_profile
-    from slimship import manifest as artifact
-    from slimship.data import load_data
+    from slimship.compress.profile import model_profile
+    from slimship.core import artifact
+    from slimship.core.data import load_data
 
     validation = load_data(args.data, splits=("validation",)).splits["validation"]
     rows = []

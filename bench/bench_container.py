@@ -79,7 +79,7 @@ def main() -> None:
 
     import subprocess
 
-    from slimship.manifest import load
+    from slimship.core.artifact import load
 
     builder = containers.detect(args.backend)
     rows = []

@@ -161,7 +161,7 @@ def slimship_rows(model_dir: Path, texts, labels, threads, latency_rows, note: s
     """The compressed model through slimship's runtime, and the same model run the way the other rows are (each
     batch padded to its longest text in one call), which separates what the model gives from what the
     runtime's length groups give."""
-    from serve.runtime import Classifier
+    from slimship.core.runtime import Classifier
 
     clf = Classifier(model_dir, threads=threads, spinning=SPINNING == "1")
     note = note or json.loads((model_dir / "manifest.json").read_text())["chosen"]
@@ -224,11 +224,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from compress.search import BudgetNotMet, CompressConfig, Grid, compress
-    from slimship import manifest as artifact
-    from slimship.data import load_data
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.compress.search import BudgetNotMet, CompressConfig, Grid, compress
+    from slimship.core import artifact
+    from slimship.core.data import load_data
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     started = time.time()
     train_cfg = TrainConfig(epochs=args.teacher_epochs, max_length=args.max_length, max_train_rows=args.train_rows,

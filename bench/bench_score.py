@@ -32,11 +32,11 @@ THREADS = str(len(os.sched_getaffinity(0)))
 
 def build_models(work: Path, train_rows: int, distill_rows: int) -> dict[str, Path]:
     """Teacher (PyTorch FP32), teacher INT8 ONNX, compressed (3-layer distilled INT8 ONNX); cached in work."""
-    from compress.distill import DistillConfig, distill
-    from compress.export import export
-    from compress.quantize import QuantizeConfig, quantize
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.compress.distill import DistillConfig, distill
+    from slimship.compress.export import export
+    from slimship.compress.quantize import QuantizeConfig, quantize
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     paths = {name: work / name for name in ("teacher", "teacher-onnx", "teacher-int8", "student", "student-onnx",
                                             "student-int8")}

@@ -50,10 +50,10 @@ def artifacts(model: str, rows: int, data: Path, teacher: Path | None = None) ->
     """teacher (PyTorch FP32), onnx (FP32), int8 (dynamic), cached: each stage runs only if its output is absent.
 
     With ``teacher`` (a trained PyTorch artifact) that one is exported and quantized instead of a brief fine-tune."""
-    from compress.export import export
-    from compress.quantize import QuantizeConfig, quantize
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.compress.export import export
+    from slimship.compress.quantize import QuantizeConfig, quantize
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     if not (data / "train.csv").is_file():
         raise SystemExit(f"{data} is absent: run with --model tiny (demo data) instead")
@@ -335,7 +335,7 @@ def main() -> None:
     if args.generator == "c" and generator is None:
         raise SystemExit("--generator c needs a C compiler (cc or gcc); or pass --generator python")
 
-    from serve.store import import_artifact
+    from slimship.serve.store import import_artifact
     home = RESULTS / "bentoml"
     os.environ["BENTOML_HOME"] = str(home)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
@@ -348,9 +348,9 @@ def main() -> None:
     plan = []
     if args.compressed is not None:
         results["accuracy"]["slimship compressed"] = val_accuracy(args.compressed)
-        plan.append(("slimship (compressed model)", "serve.service:Classify",
+        plan.append(("slimship (compressed model)", "slimship.serve.service:Classify",
                      {"SLIMSHIP_MODEL": import_artifact(args.compressed)}))
-    plan.append(("slimship (ONNX INT8 teacher)", "serve.service:Classify",
+    plan.append(("slimship (ONNX INT8 teacher)", "slimship.serve.service:Classify",
                  {"SLIMSHIP_MODEL": import_artifact(paths["int8"])}))
     if not args.skip_naive:
         plan.append(("naive BentoML (PyTorch FP32)", "bench.naive_service:Naive",

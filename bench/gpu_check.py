@@ -32,10 +32,10 @@ def main() -> int:
         print("SKIP: no CUDA GPU here; run this where one is available")
         return 0
 
-    from slimship.data import LabelledData, Split
-    from train import recipe
-    from train.models import load_classifier, load_tokenizer
-    from train.recipe import TokenizedDataset, TrainConfig
+    from slimship.core.data import LabelledData, Split
+    from slimship.train import recipe
+    from slimship.train.models import load_classifier, load_tokenizer
+    from slimship.train.recipe import TokenizedDataset, TrainConfig
 
     texts = [f"sample sentence number {i} that is {'good' if i % 2 else 'bad'} " * 6 for i in range(4096)]
     data = LabelledData(labels=["neg", "pos"], splits={"train": Split(texts, [i % 2 for i in range(4096)], "synthetic")})

@@ -11,8 +11,9 @@ import importlib
 import os
 import sys
 
-from slimship import UserError, __version__
-from slimship.config import load_yaml, options_for, parser_dests
+from slimship import __version__
+from slimship.core.errors import UserError
+from slimship.core.config import load_yaml, options_for, parser_dests
 
 # (name, module, one-line help) in pipeline order.
 COMMANDS = [

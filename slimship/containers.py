@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from slimship import UserError, __version__
-from slimship.manifest import stage_log
+from slimship import __version__
+from slimship.core.errors import UserError
+from slimship.core.artifact import stage_log
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = ROOT / "docker"
@@ -147,7 +148,7 @@ def prepare_context(bento_tag: str, out: Path, *, gpu: bool = False) -> BentoInf
     from _bentoml_sdk.models import BentoModel
     from bentoml.exceptions import NotFound
 
-    from slimship.manifest import manifest_digest
+    from slimship.core.artifact import manifest_digest
 
     try:
         bento = bentoml.bentos.get(bento_tag)

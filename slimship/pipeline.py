@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.data import FORMATS
-from slimship.manifest import stage_log
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.data import FORMATS
+from slimship.core.artifact import stage_log
 
 STATE_FILE = "pipeline.json"
 
@@ -93,9 +93,9 @@ def _artifact_intact(path: str) -> bool:
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    from compress.search import CompressConfig, Grid, compress, load_grid
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.compress.search import CompressConfig, Grid, compress, load_grid
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
     model_dir = pipe.stage("compress", compress_key, run_compress, _artifact_intact)
 
-    from serve.store import build_bento
+    from slimship.serve.store import build_bento
 
     bento_key = stage_key("bento", {}, compress_key, artifact.manifest_digest(model_dir))
     bento_tag = pipe.stage("bento", bento_key, lambda: build_bento(model_dir), _bento_exists)
@@ -149,7 +149,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
 def _write_run_report(out: Path, compress_dir: Path, result: dict[str, Any]) -> None:
     """The run's own report.json/md/png: the compression report plus what the later stages produced."""
-    from slimship.report import load_report, write_report
+    from slimship.core.report import load_report, write_report
 
     report = load_report(compress_dir)
     report["pipeline"] = {k: v for k, v in result.items() if k != "compress"}

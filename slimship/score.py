@@ -36,9 +36,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.data import FORMATS, NOT_UTF8, BadRow, DataError, file_format, iter_rows
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.data import FORMATS, NOT_UTF8, BadRow, DataError, file_format, iter_rows
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 STATE_FILE = "state.json"
@@ -519,8 +519,12 @@ def progress_bar(cfg: ScoreConfig, files: list[Path], initial: int):
                 smoothing=0.1)
 
 
-def score(cfg: ScoreConfig) -> Summary:
-    """Score ``cfg.inputs`` into ``cfg.output``; returns the summary (also of a resumed run)."""
+def score(cfg: ScoreConfig, engine: Callable | None = None) -> Summary:
+    """Score ``cfg.inputs`` into ``cfg.output``; returns the summary (also of a resumed run).
+
+    ``engine(cfg, files, labels, sink, bar) -> timings`` runs the chunks; the default runs them in this
+    process (``slimship.score_ray.score_with_ray`` passes the Ray Data one).
+    """
     if cfg.batch_size < 1 or cfg.chunk_rows < 1:
         raise UserError("--batch-size and --chunk-rows must be at least 1")
     if cfg.engine not in ("local", "ray"):
@@ -544,12 +548,7 @@ def score(cfg: ScoreConfig) -> Summary:
         artifact.stage_log(f"resuming after {summary.resumed_rows:,} committed rows ({len(sink.chunks)} chunks)")
     started = time.perf_counter()
     with progress_bar(cfg, files, sink.rows_in) as bar:
-        if cfg.engine == "ray":
-            from slimship.score_ray import score_on_ray
-
-            summary.timings = score_on_ray(cfg, files, labels, sink, bar)
-        else:
-            summary.timings = score_locally(cfg, files, labels, sink, bar)
+        summary.timings = (engine or score_locally)(cfg, files, labels, sink, bar)
     summary.rows_in, summary.rows_out, summary.rejected = sink.finish()
     summary.seconds = time.perf_counter() - started
     summary.rejects_file = str(sink.rejects) if summary.rejected else None
@@ -557,7 +556,7 @@ def score(cfg: ScoreConfig) -> Summary:
 
 
 def score_locally(cfg: ScoreConfig, files: list[Path], labels: list[str], sink: ChunkedOutput, bar) -> dict:
-    from serve.runtime import Classifier, default_threads
+    from slimship.core.runtime import Classifier, default_threads
 
     classifier = Classifier(cfg.model, threads=cfg.workers or default_threads(), verify=False)
     timings = {"tokenize_s": 0.0, "infer_s": 0.0, "write_s": 0.0}

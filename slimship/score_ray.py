@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimship import UserError
-from slimship.data import BadRow, file_format, parse_json_record
+from slimship.core.errors import UserError
+from slimship.core.data import BadRow, file_format, parse_json_record
 from slimship.score import (ChunkedOutput, ScoreConfig, check_text, encode, output_rows, reject_row, score_feeds,
                             shown_text)
 
@@ -38,7 +38,7 @@ class ScoringActor:
 
     def __init__(self, model: str, fmt: str, text_column: str, id_column: str | None, batch_size: int,
                  labels: list[str], threads: int):
-        from serve.runtime import Classifier
+        from slimship.core.runtime import Classifier
 
         self.classifier = Classifier(model, threads=threads, verify=False)   # the driver verified it
         self.fmt, self.text_column, self.id_column = fmt, text_column, id_column
@@ -94,7 +94,7 @@ def start_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return False
-    from serve.runtime import default_threads
+    from slimship.core.runtime import default_threads
 
     ray.init(num_cpus=max(2, default_threads()), include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="warning")
@@ -189,3 +189,10 @@ def write_in_order(scored, cfg: ScoreConfig, sink: ChunkedOutput, bar) -> dict:
         sink.commit(len(rows) + len(rejects), rows, rejects)
         bar.update(len(rows) + len(rejects))
     return {"ray_s": time.perf_counter() - started}
+
+
+def score_with_ray(cfg: ScoreConfig):
+    """``slimship.score.score`` with the chunks run on Ray Data."""
+    from slimship.score import score
+
+    return score(cfg, engine=score_on_ray)

@@ -47,8 +47,8 @@ def agnews_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A `tiny` model trained briefly on the demo data: a valid PyTorch artifact for the later stages."""
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-teacher"
     cfg = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=32, max_length=64, quiet=True, patience=0)
@@ -58,6 +58,6 @@ def tiny_teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_teacher, tmp_path_factory) -> Path:
     """The tiny teacher exported to an ONNX artifact."""
-    from compress.export import export
+    from slimship.compress.export import export
 
     return export(tiny_teacher, tmp_path_factory.mktemp("artifacts") / "tiny-onnx")

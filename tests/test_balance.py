@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from serve.balance import BalanceConnections, SharedCounts
+from slimship.serve.balance import BalanceConnections, SharedCounts
 
 
 async def _app(scope, receive, send):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
-from slimship import manifest as artifact
+from slimship.core import artifact
 
 TINY_GRID = """
 layers: [1]
@@ -69,7 +69,7 @@ def test_compress_picks_a_candidate_within_budget(compressed):
         assert r["latency_ms_p95"] >= r["latency_ms_p50"] > 0 and r["parameters"] > 0 and r["file_mb"] > 0
 
     # out/model: a verified ONNX artifact that the serving runtime loads, recording how it was made.
-    from serve.runtime import Classifier
+    from slimship.core.runtime import Classifier
 
     model = artifact.load(out / "model", format="onnx")
     assert model["chosen"] == chosen["name"] and model["chain"][0]["stage"] == "teacher"
@@ -78,8 +78,8 @@ def test_compress_picks_a_candidate_within_budget(compressed):
 
 
 def test_compress_resumes_without_redoing_candidates(compressed, tiny_teacher):
-    from compress.search import CompressConfig, compress, load_grid
-    from train.recipe import TrainConfig
+    from slimship.compress.search import CompressConfig, compress, load_grid
+    from slimship.train.recipe import TrainConfig
 
     out, _ = compressed
     before = {p.name: (p / "manifest.json").stat().st_mtime_ns for p in (out / "candidates").iterdir() if p.is_dir()}
@@ -124,8 +124,8 @@ def test_budget_nothing_meets_still_writes_report(tiny_teacher, tmp_path):
 
 def test_size_budget_picks_the_fastest_small_enough_candidate():
     """--max-model-mb: the fastest candidate within the accuracy budget *and* the size wins; none, a clear note."""
-    from compress.search import CompressConfig, best_accuracy_note, choose
-    from slimship import UserError
+    from slimship.compress.search import CompressConfig, best_accuracy_note, choose
+    from slimship.core.errors import UserError
 
     def row(name, delta, rows_s, mb):
         return {"name": name, "accuracy": 0.9 + delta / 100, "delta_points": delta, "throughput_rows_s": rows_s,
@@ -140,15 +140,15 @@ def test_size_budget_picks_the_fastest_small_enough_candidate():
     assert "within 8 MB small-bad" not in best_accuracy_note(rows, 8)
     with pytest.raises(UserError, match="--max-model-mb"):
         CompressConfig(max_model_mb=0).check()
-    from compress.search import Grid, smaller_hint
+    from slimship.compress.search import Grid, smaller_hint
 
     assert smaller_hint(Grid()) == " (embedding_bits: [8, 4], vocab: [full, train])"
     assert smaller_hint(Grid(embedding_bits=[8, 4], vocab=["full", "train"])) == " (more pruning, fewer layers)"
 
 
 def test_bad_grid_is_refused(tmp_path):
-    from slimship import UserError
-    from compress.search import load_grid
+    from slimship.core.errors import UserError
+    from slimship.compress.search import load_grid
 
     (tmp_path / "g.yaml").write_text("layers: [3]\nquantise: [dynamic]\n")
     with pytest.raises(UserError, match="unknown grid key"):
@@ -162,9 +162,9 @@ def test_bad_grid_is_refused(tmp_path):
 @pytest.mark.sst2
 def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
     """A minilm teacher fine-tuned briefly on an SST-2 slice; the search over a 3-layer student and INT8."""
-    from compress.search import CompressConfig, Grid, compress
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.compress.search import CompressConfig, Grid, compress
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     teacher = train("minilm", sst2_dir, tmp_path / "teacher",
                     TrainConfig(epochs=2, max_length=64, max_train_rows=1600, max_eval_rows=200, quiet=True,
@@ -186,7 +186,7 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
 
 
 def test_default_grid_file_is_the_builtin_grid():
-    from compress.search import Grid, load_grid, plan
+    from slimship.compress.search import Grid, load_grid, plan
 
     from conftest import ROOT
 
@@ -197,8 +197,8 @@ def test_default_grid_file_is_the_builtin_grid():
 
 
 def test_grid_can_add_4bit_embedding_candidates_on_unfused_exports():
-    from compress.search import Grid, grid_from_dict, plan
-    from slimship import UserError
+    from slimship.compress.search import Grid, grid_from_dict, plan
+    from slimship.core.errors import UserError
 
     grid = Grid(layers=[3], prune=[{}], optimize=["none", "O2"], quantize=["dynamic"], embedding_bits=[8, 4])
     names = [n.name for n in plan(6, grid) if n.stage == "quantize"]

@@ -139,7 +139,7 @@ def running(builder, image):
 
 @in_container
 def test_image_is_slim_labelled_and_torch_free(builder, image, tiny_onnx, record_property):
-    from slimship.manifest import manifest_digest
+    from slimship.core.artifact import manifest_digest
 
     record_property("image_size_bytes", image["size"])
     assert image["size"] <= SIZE_TARGET, f"image is {image['size'] / 1e6:.0f} MB, target <= 500 MB"
@@ -164,7 +164,7 @@ def test_image_is_slim_labelled_and_torch_free(builder, image, tiny_onnx, record
 
 @in_container
 def test_container_serves_the_same_predictions_as_the_runtime(running, tiny_onnx, record_property):
-    from serve.runtime import Classifier
+    from slimship.core.runtime import Classifier
 
     url, _, ready_s = running
     record_property("ready_after_run_s", round(ready_s, 2))
@@ -181,7 +181,7 @@ def test_container_serves_the_same_predictions_as_the_runtime(running, tiny_onnx
 
 @in_container
 def test_container_runs_as_non_root_and_passes_its_healthcheck(builder, running, image, tiny_onnx):
-    from slimship.manifest import manifest_digest
+    from slimship.core.artifact import manifest_digest
 
     url, container, _ = running
     runner = containers.Builder(builder.runner, builder.env)
@@ -227,7 +227,7 @@ def test_pushed_image_pulls_back_with_the_same_digest(builder, image, tmp_path):
 
 @in_container
 def test_saved_oci_archive_holds_the_image(builder, image, tiny_onnx):
-    from slimship.manifest import manifest_digest
+    from slimship.core.artifact import manifest_digest
 
     assert image["saved"].is_file()
     proc = subprocess.run(["skopeo", "inspect", f"oci-archive:{image['saved']}"], capture_output=True, text=True,

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from slimship.data import DataError, iter_rows, load_data
+from slimship.core.data import DataError, iter_rows, load_data
 from tests.conftest import slimship_cmd
 
 ROWS = [("good film", "pos"), ("bad film", "neg"), ("fine acting", "pos"), ("dull plot", "neg"),

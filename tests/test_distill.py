@@ -8,11 +8,11 @@ import subprocess
 import pytest
 import torch
 
-from compress.distill import (DistillConfig, KDDataset, distill, distill_trainer_class, kd_loss, layer_indices,
+from slimship.compress.distill import (DistillConfig, KDDataset, distill, distill_trainer_class, kd_loss, layer_indices,
                               student_from_teacher)
 from conftest import slimship_cmd
-from slimship import UserError
-from slimship import manifest as artifact
+from slimship.core.errors import UserError
+from slimship.core import artifact
 
 
 def test_layer_indices_keep_the_last_layer_and_refuse_bad_lists():
@@ -75,8 +75,8 @@ def test_kd_loss_decreases_for_a_student_given_as_a_config(tiny_teacher, demo_da
     """A randomly initialised 1-layer student (--student config.json) learns to match the teacher."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.distill import load_student
-    from train.stage import load_stage_data
+    from slimship.compress.distill import load_student
+    from slimship.train.artifacts import load_stage_data
 
     teacher = AutoModelForSequenceClassification.from_pretrained(str(tiny_teacher)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_teacher))
@@ -99,8 +99,8 @@ def test_kd_loss_decreases_for_a_student_given_as_a_config(tiny_teacher, demo_da
 def test_cached_and_online_teacher_logits_give_the_same_loss(tiny_teacher, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from train import recipe
-    from train.stage import predict_logits
+    from slimship.train import recipe
+    from slimship.train.artifacts import predict_logits
 
     teacher = AutoModelForSequenceClassification.from_pretrained(str(tiny_teacher)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_teacher))

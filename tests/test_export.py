@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
-from slimship import manifest as artifact
-from slimship.manifest import ArtifactError
+from slimship.core import artifact
+from slimship.core.artifact import ArtifactError
 
 
 def test_export_passes_parity_gate_and_evaluates_like_pytorch(tiny_teacher, tiny_onnx):
@@ -20,14 +20,14 @@ def test_export_passes_parity_gate_and_evaluates_like_pytorch(tiny_teacher, tiny
     assert m["parity"]["max_abs_logit_diff"] < 1e-3
     assert m["labels"] == artifact.load(tiny_teacher)["labels"] and m["max_length"] == 64
 
-    from serve.runtime import Classifier
+    from slimship.core.runtime import Classifier
 
     clf = Classifier(tiny_onnx)
     assert clf.input_names[:2] == ["input_ids", "attention_mask"]
     assert clf.predict(["a wonderful film"])[0]["label"] in m["labels"]
 
     # `slimship evaluate` on the ONNX artifact gives the PyTorch artifact's metrics.
-    from slimship.evaluate import evaluate
+    from slimship.compress.evaluate import evaluate
 
     onnx_metrics = evaluate(tiny_onnx, DEMO_DATA, write=False)
     torch_metrics = evaluate(tiny_teacher, DEMO_DATA, write=False)
@@ -44,7 +44,7 @@ def test_corrupted_onnx_byte_is_refused(tiny_onnx, tmp_path):
     data[len(data) // 2] ^= 0xFF
     (broken / "model.onnx").write_bytes(bytes(data))
 
-    from serve.runtime import Classifier
+    from slimship.core.runtime import Classifier
 
     with pytest.raises(ArtifactError, match="model.onnx does not match its sha256"):
         Classifier(broken)
@@ -67,7 +67,7 @@ def test_failed_parity_gate_writes_nothing(tiny_teacher, tmp_path):
 
 
 def test_fused_export(tiny_teacher, tmp_path):
-    from compress.export import ExportConfig, export
+    from slimship.compress.export import ExportConfig, export
 
     out = export(tiny_teacher, tmp_path / "o2", data=DEMO_DATA, cfg=ExportConfig(optimize="O2", parity_rows=64))
     m = artifact.load(out, format="onnx")
@@ -76,7 +76,7 @@ def test_fused_export(tiny_teacher, tmp_path):
 
 
 def test_export_refuses_an_onnx_input(tiny_onnx, tmp_path):
-    from compress.export import export
+    from slimship.compress.export import export
 
     with pytest.raises(ArtifactError, match="needs 'pytorch'"):
         export(tiny_onnx, tmp_path / "again")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from slimship import manifest as artifact
-from slimship.manifest import ArtifactError
+from slimship.core import artifact
+from slimship.core.artifact import ArtifactError
 
 
 def make(tmp_path, name="a", **extra):

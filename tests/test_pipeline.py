@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slimship import manifest as artifact
+from slimship.core import artifact
 from tests.conftest import DEMO_DATA, ROOT, slimship_cmd
 
 TINY_RUN = f"""

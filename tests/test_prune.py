@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from compress.profile import model_profile
-from compress.prune import PruneConfig, Removal, Shape, plan, prune, prune_step, reload_difference
+from slimship.compress.profile import model_profile
+from slimship.compress.prune import PruneConfig, Removal, Shape, plan, prune, prune_step, reload_difference
 from conftest import slimship_cmd
-from slimship import UserError
-from slimship import manifest as artifact
+from slimship.core.errors import UserError
+from slimship.core import artifact
 
 TEXTS = ["A delight from start to finish.", "The battery died after a day; never again.", "ok",
          "The museum tour was superb, the guide funny and the coffee awful, but I would go back."]
@@ -121,7 +121,7 @@ def test_pruned_artifact_exports_to_onnx_with_matching_logits(tiny_pruned, tmp_p
     import onnxruntime as ort
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.export import export
+    from slimship.compress.export import export
 
     out, _ = tiny_pruned
     onnx_dir = export(out, tmp_path / "onnx")
@@ -152,9 +152,9 @@ def test_cli_prune_refuses_bad_ratios_without_a_traceback(tiny_teacher, demo_dat
 @pytest.mark.sst2
 def test_minilm_chain_on_sst2_stays_above_chance(sst2_dir, tmp_path):
     """minilm teacher (briefly fine-tuned) -> 3-layer student -> pruned (1/3 heads, 1/2 FFN), a few hundred rows."""
-    from compress.distill import DistillConfig, distill
-    from train.recipe import TrainConfig
-    from train.stage import train
+    from slimship.compress.distill import DistillConfig, distill
+    from slimship.train.recipe import TrainConfig
+    from slimship.train.stage import train
 
     common = dict(max_length=64, max_train_rows=640, max_eval_rows=200, batch_size=16, quiet=True, patience=0)
     # minilm's CLS head needs some 80 steps to get going on SST-2 (one epoch of 480 rows stayed at chance)
@@ -174,7 +174,7 @@ def test_minilm_chain_on_sst2_stays_above_chance(sst2_dir, tmp_path):
 
 
 def test_a_crashed_prune_resumes_without_redoing_finished_steps(tiny_teacher, demo_data, tmp_path, monkeypatch):
-    import compress.prune as prune_module
+    import slimship.compress.prune as prune_module
 
     real_step, calls = prune_module.prune_step, []
 

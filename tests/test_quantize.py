@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
-from slimship import UserError
-from slimship import manifest as artifact
+from slimship.core.errors import UserError
+from slimship.core import artifact
 
 
 def _validation_texts() -> list[str]:
@@ -21,7 +21,7 @@ def _validation_texts() -> list[str]:
 
 def served_agreement(fp32_dir, quantized_dir) -> float:
     """Share of validation texts on which the serving runtime predicts the same label for both artifacts."""
-    from serve.runtime import Classifier
+    from slimship.core.runtime import Classifier
 
     texts = _validation_texts()
     before = Classifier(fp32_dir).logits(texts).argmax(-1)
@@ -30,7 +30,7 @@ def served_agreement(fp32_dir, quantized_dir) -> float:
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_is_smaller_and_agrees(tiny_onnx, tmp_path, mode):
-    from compress.quantize import QuantizeConfig, cpu_preset, quantize
+    from slimship.compress.quantize import QuantizeConfig, cpu_preset, quantize
 
     out = quantize(tiny_onnx, tmp_path / mode, QuantizeConfig(mode=mode, data=str(DEMO_DATA), calibration=64))
     m = artifact.load(out, format="onnx")
@@ -53,7 +53,7 @@ def test_quantize_cli_and_refusals(tiny_onnx, tmp_path):
     assert "dynamic INT8" in result.stdout and artifact.load(out)["quantization"]["per_channel"] is True
 
     # Static needs calibration rows; an INT8 model is not quantized twice.
-    from compress.quantize import QuantizeConfig, quantize
+    from slimship.compress.quantize import QuantizeConfig, quantize
 
     with pytest.raises(UserError, match="needs --data"):
         quantize(tiny_onnx, tmp_path / "s", QuantizeConfig(mode="static"))
@@ -68,7 +68,7 @@ def test_4bit_word_embeddings_shrink_the_file_and_agree(tiny_onnx, tmp_path, mod
     """The tiny model's word table (30522 x 64) is most of its file, as in a MiniLM student."""
     import onnx
 
-    from compress.quantize import QuantizeConfig, quantize
+    from slimship.compress.quantize import QuantizeConfig, quantize
 
     def run(bits: int):
         cfg = QuantizeConfig(mode=mode, data=str(DEMO_DATA), calibration=32, embedding_bits=bits)
@@ -99,7 +99,7 @@ def test_embedding_bits_cli_and_refusals(tiny_onnx, tmp_path):
     q = artifact.load(out)["quantization"]
     assert q["embedding_bits"] == 4 and q["embedding_block_size"] == 32
 
-    from compress.quantize import QuantizeConfig, quantize
+    from slimship.compress.quantize import QuantizeConfig, quantize
 
     with pytest.raises(UserError, match="--embedding-bits must be one of 8, 4"):
         quantize(tiny_onnx, tmp_path / "b", QuantizeConfig(embedding_bits=2))

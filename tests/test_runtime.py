@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.batcher import AdaptiveBatcher, Overloaded
-from serve.runtime import Classifier, length_groups
-from slimship.manifest import ArtifactError, manifest_digest
+from slimship.serve.batcher import AdaptiveBatcher, Overloaded
+from slimship.core.runtime import Classifier, length_groups
+from slimship.core.artifact import ArtifactError, manifest_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["a wonderful, moving film", "dull and far too long", "ok", "I loved every minute of it!"]
@@ -186,11 +186,11 @@ def test_import_into_model_store_and_serve_imports_no_torch(tiny_onnx, tmp_path)
     env = dict(os.environ, BENTOML_HOME=str(tmp_path / "bentoml"), BENTOML_DO_NOT_TRACK="true")
     script = f"""
 import sys
-from serve.store import import_artifact
+from slimship.serve.store import import_artifact
 tag = import_artifact({str(tiny_onnx)!r})
 assert import_artifact({str(tiny_onnx)!r}) == tag  # idempotent
 import os; os.environ["SLIMSHIP_MODEL"] = tag
-import serve.runtime, serve.service, serve.batcher, serve.limits, serve.settings
+import slimship.core.runtime, slimship.serve.service, slimship.serve.batcher, slimship.serve.limits, slimship.serve.settings
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum"))
 ours = sorted(m.__file__ for name, m in sys.modules.items() if name.split(".")[0] in ("serve", "slimship"))
 print("OURS", *ours)
@@ -220,7 +220,7 @@ def test_request_timeout_answers_504_and_leaves_no_timer_behind():
     (BentoML 1.4's own keeps every finished request reachable for the whole timeout)."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from serve import request_timeout
+    from slimship.serve import request_timeout
 
     request_timeout.install()
     scope = {"type": "http", "method": "POST", "path": "/classify", "headers": []}

@@ -64,7 +64,7 @@ def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def classifier(tiny_onnx):
-    from serve.runtime import Classifier
+    from slimship.core.runtime import Classifier
 
     return Classifier(tiny_onnx)
 

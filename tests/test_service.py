@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve.runtime import Classifier
-from serve.settings import cpu_count
-from slimship.manifest import manifest_digest
+from slimship.core.runtime import Classifier
+from slimship.serve.settings import cpu_count
+from slimship.core.artifact import manifest_digest
 from tests.conftest import DEMO_DATA, slimship_cmd
 
 MAX_QUEUE = 600
@@ -366,7 +366,7 @@ def test_build_pins_the_model_and_the_bento_serves_it(tiny_onnx, tmp_path):
     manifest = json.loads((newer / "manifest.json").read_text())
     manifest["created"] = "2099-01-01T00:00:00Z"
     (newer / "manifest.json").write_text(json.dumps(manifest))
-    script = f"from serve.store import import_artifact; import_artifact({str(newer)!r})"
+    script = f"from slimship.serve.store import import_artifact; import_artifact({str(newer)!r})"
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True,
                    cwd=Path(__file__).resolve().parent.parent)
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from slimship import manifest as artifact
+from slimship.core import artifact
 from tests.conftest import DEMO_DATA, ROOT, slimship_cmd
-from train import recipe
-from train.recipe import TrainConfig
-from train.stage import train, work_dir_for
+from slimship.train import recipe
+from slimship.train.recipe import TrainConfig
+from slimship.train.artifacts import work_dir_for
+from slimship.train.stage import train
 
 
 def test_tiny_trains_and_loss_drops(tmp_path):
@@ -46,9 +47,9 @@ def test_training_loss_decreases_within_a_run(tmp_path):
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
 
-    from slimship.data import load_data
-    from train.models import load_classifier, load_tokenizer
-    from train.recipe import TokenizedDataset
+    from slimship.core.data import load_data
+    from slimship.train.models import load_classifier, load_tokenizer
+    from slimship.train.recipe import TokenizedDataset
 
     data = load_data(DEMO_DATA)
     tok = load_tokenizer("tiny")
@@ -88,7 +89,7 @@ def test_plateau_schedule_and_loss_metric_run(tmp_path):
 def test_amp_resolution_and_bf16_on_cpu(tmp_path):
     assert recipe.resolve_amp("off") == "off"
     assert recipe.resolve_amp("auto") == ("bf16" if recipe.cpu_supports_bf16() else "off")
-    from slimship import UserError
+    from slimship.core.errors import UserError
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         recipe.resolve_amp("fp16")
     cfg = TrainConfig(max_steps=6, amp="bf16", max_length=32, patience=0, quiet=True)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
-from slimship import UserError
-from slimship import manifest as artifact
+from slimship.core.errors import UserError
+from slimship.core import artifact
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Words that appear nowhere in the demo data: their pieces are gone, so they are spelled with shorter ones.
@@ -27,7 +27,7 @@ def _texts(split: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trimmed(tiny_teacher, tmp_path_factory) -> Path:
-    from compress.vocab import VocabConfig, trim_vocab
+    from slimship.compress.vocab import VocabConfig, trim_vocab
 
     return trim_vocab(tiny_teacher, tmp_path_factory.mktemp("vocab") / "trimmed",
                       VocabConfig(data=str(DEMO_DATA), quiet=True))
@@ -80,7 +80,7 @@ def test_keep_top_keeps_the_vocabularys_most_frequent_pieces(tiny_teacher, trimm
     uses: a general word the training split lacks keeps its own token instead of being spelled in pieces."""
     from transformers import AutoTokenizer
 
-    from compress.vocab import VocabConfig, trim_vocab
+    from slimship.compress.vocab import VocabConfig, trim_vocab
 
     original = AutoTokenizer.from_pretrained(str(tiny_teacher)).get_vocab()
     word = "mountains"  # not in the demo data; a whole-word token of bert-base's vocabulary (id 4020)
@@ -124,8 +124,8 @@ def test_same_tokens_and_logits_where_every_token_is_kept(tiny_teacher, trimmed)
 
 
 def test_trimmed_artifact_exports_and_serves(trimmed, tiny_onnx, tmp_path):
-    from compress.export import export
-    from serve.runtime import Classifier
+    from slimship.compress.export import export
+    from slimship.core.runtime import Classifier
 
     onnx_dir = export(trimmed, tmp_path / "onnx", data=DEMO_DATA)
     m = artifact.load(onnx_dir, format="onnx")
@@ -143,7 +143,7 @@ def test_an_mlm_head_is_sliced_with_the_embeddings(tied):
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from compress.vocab import slice_vocabulary
+    from slimship.compress.vocab import slice_vocabulary
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -163,7 +163,7 @@ def test_an_mlm_head_is_sliced_with_the_embeddings(tied):
 
 
 def test_grid_vocab_axis_plans_vocab_nodes():
-    from compress.search import Grid, grid_from_dict, plan
+    from slimship.compress.search import Grid, grid_from_dict, plan
 
     assert not [n for n in plan(6, Grid()) if n.stage == "vocab"]        # the default grid does not trim
     both = Grid(layers=[3], prune=[{}, {"heads": 0.5}], optimize=["none"], quantize=["dynamic"],
@@ -184,8 +184,8 @@ def test_grid_vocab_axis_plans_vocab_nodes():
 
 
 def test_compress_builds_and_measures_a_vocab_candidate(tiny_teacher, tmp_path):
-    from compress.search import CompressConfig, Grid, compress
-    from train.recipe import TrainConfig
+    from slimship.compress.search import CompressConfig, Grid, compress
+    from slimship.train.recipe import TrainConfig
 
     grid = Grid(layers=[], include_teacher=False, prune=[{"ffn": 0.5}], optimize=["none"], quantize=["dynamic"],
                 vocab=["train"], prune_options={"recovery_epochs": 0, "importance": "magnitude"},
@@ -210,7 +210,7 @@ def test_refusals(tiny_onnx, tmp_path):
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
 
-    from compress.vocab import VocabConfig, trim_vocab, wordpiece_spec
+    from slimship.compress.vocab import VocabConfig, trim_vocab, wordpiece_spec
 
     result = subprocess.run(slimship_cmd("trim-vocab", "--model", str(tmp_path / "nothing"), "--data",
                                          str(DEMO_DATA), "--out", str(tmp_path / "out")),

@@ -48,6 +48,6 @@ def add_training_arguments(parser) -> None:
 
 
 def train_config(args):
-    from train.recipe import TrainConfig
+    from slimship.train.recipe import TrainConfig
 
     return TrainConfig.from_dict(vars(args))

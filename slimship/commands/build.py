@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from serve.store import build_bento
+    from slimship.serve.store import build_bento
 
     print(build_bento(args.model, name=args.name, version=args.version))
     return 0

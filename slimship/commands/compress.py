@@ -52,9 +52,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compress.search import BudgetNotMet, CompressConfig, Grid, compress, grid_from_dict, load_grid
-    from slimship import UserError
-    from slimship.report import load_report, render_text
+    from slimship.compress.search import BudgetNotMet, CompressConfig, Grid, compress, grid_from_dict, load_grid
+    from slimship.core.errors import UserError
+    from slimship.core.report import load_report, render_text
 
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")

@@ -15,7 +15,7 @@ Examples:
   podman run --rm -p 127.0.0.1:3000:3000 slimship-demo:latest
 """
 
-from slimship import UserError
+from slimship.core.errors import UserError
 
 
 def add_arguments(parser) -> None:
@@ -43,7 +43,7 @@ def run(args) -> int:
         containers.check_destination(args.push)  # before minutes of building
     builder = containers.detect(args.backend)    # fail fast (and prepare podman) before building the bento
     if args.model:
-        from serve.store import build_bento
+        from slimship.serve.store import build_bento
 
         bento_tag = build_bento(args.model)
     else:

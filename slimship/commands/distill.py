@@ -15,7 +15,7 @@ Examples:
   slimship distill --teacher runs/teacher --data data/ --out runs/student --student small-config.json
 """
 
-from slimship import UserError
+from slimship.core.errors import UserError
 from slimship.commands import add_data_arguments, add_training_arguments, require
 
 
@@ -56,7 +56,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compress.distill import DistillConfig, distill
+    from slimship.compress.distill import DistillConfig, distill
 
     values = dict(vars(args))
     values["layers"] = layers_option(values.get("layers") or "3")

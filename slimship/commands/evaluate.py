@@ -25,8 +25,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from slimship.evaluate import evaluate
-    from slimship.metrics import summary_line
+    from slimship.compress.evaluate import evaluate
+    from slimship.core.metrics import summary_line
 
     metrics = evaluate(args.model, args.data, split=args.split, text_column=args.text_column,
                        label_column=args.label_column, max_rows=args.max_eval_rows,

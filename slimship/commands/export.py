@@ -36,13 +36,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compress.export import ExportConfig, export
+    from slimship.compress.export import ExportConfig, export
 
     cfg = ExportConfig(optimize=args.optimize, opset=args.opset, min_agreement=args.min_agreement,
                        max_logit_diff=args.max_logit_diff, parity_rows=args.parity_rows,
                        text_column=args.text_column, label_column=args.label_column)
     out = export(args.model, args.out, data=args.data, cfg=cfg)
-    from slimship import manifest as artifact
+    from slimship.core import artifact
 
     m = artifact.load(out)
     p = m["parity"]

@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compress.prune import PruneConfig, prune
+    from slimship.compress.prune import PruneConfig, prune
 
     prune(args.model, args.data, args.out, PruneConfig.from_dict(vars(args)), teacher_dir=args.teacher)
     return 0

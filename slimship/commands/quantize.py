@@ -43,8 +43,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compress.quantize import QuantizeConfig, quantize
-    from slimship import manifest as artifact
+    from slimship.compress.quantize import QuantizeConfig, quantize
+    from slimship.core import artifact
 
     cfg = QuantizeConfig(mode=args.mode, per_channel=args.per_channel, calibration=args.calibration,
                          method=args.method, preset=args.preset, data=args.data, text_column=args.text_column,

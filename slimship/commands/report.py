@@ -18,8 +18,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from slimship import UserError
-    from slimship.report import load_report, render_markdown, render_text
+    from slimship.core.errors import UserError
+    from slimship.core.report import load_report, render_markdown, render_text
 
     if not args.dir:
         raise UserError("give the directory to report on, e.g. `slimship report runs/compressed`")

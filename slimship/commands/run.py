@@ -33,9 +33,9 @@ def run_config(args):
     """RunConfig from the parsed options plus the YAML's stage sections (train:, compress:)."""
     from dataclasses import fields
 
-    from slimship.config import load_yaml
+    from slimship.core.config import load_yaml
     from slimship.pipeline import RunConfig
-    from train.recipe import TrainConfig
+    from slimship.train.recipe import TrainConfig
 
     train, compress = {}, {}
     if args.config:
@@ -50,7 +50,7 @@ def run_config(args):
 
 def run(args) -> int:
     from slimship.pipeline import run_pipeline
-    from slimship.report import load_report, render_text
+    from slimship.core.report import load_report, render_text
 
     result = run_pipeline(run_config(args))
     print()

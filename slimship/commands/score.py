@@ -50,6 +50,11 @@ def run(args) -> int:
                       id_column=args.id_column, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                       workers=args.workers, probs=args.probs, resume=args.resume, overwrite=args.overwrite,
                       engine=args.engine, prefetch=not args.no_prefetch, quiet=args.quiet)
-    summary = score(cfg)
+    if cfg.engine == "ray":
+        from slimship.score_ray import score_with_ray
+
+        summary = score_with_ray(cfg)
+    else:
+        summary = score(cfg)
     print(summary.line())
     return 0

@@ -32,9 +32,9 @@ def run(args) -> int:
     import os
     import sys
 
-    from serve.settings import ServeSettings
-    from serve.store import PROJECT_ROOT, import_artifact
-    from slimship import UserError
+    from slimship.serve.settings import ServeSettings
+    from slimship.serve.store import PROJECT_ROOT, import_artifact
+    from slimship.core.errors import UserError
 
     tag = import_artifact(args.model, args.name)
     env = dict(os.environ, SLIMSHIP_MODEL=tag)
@@ -50,7 +50,7 @@ def run(args) -> int:
         ServeSettings.from_env()  # bad SLIMSHIP_* values: one clear line now, not a traceback in a worker
     except ValueError as e:
         raise UserError(str(e)) from None
-    command = [sys.executable, "-m", "bentoml", "serve", "serve.service:Classify", "--host", args.host,
+    command = [sys.executable, "-m", "bentoml", "serve", "slimship.serve.service:Classify", "--host", args.host,
                "--port", str(args.port), "--working-dir", str(PROJECT_ROOT)]
     sys.stdout.flush()
     sys.stderr.flush()

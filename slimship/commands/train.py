@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from train.stage import train
+    from slimship.train.stage import train
 
     train(args.model, args.data, args.out, train_config(args), trust_remote_code=args.trust_remote_code)
     return 0

@@ -46,8 +46,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compress.vocab import VocabConfig, trim_vocab
-    from slimship import manifest as artifact
+    from slimship.compress.vocab import VocabConfig, trim_vocab
+    from slimship.core import artifact
 
     cfg = VocabConfig(data=args.data, min_count=args.min_count, max_rows=args.max_rows, keep_top=args.keep_top,
                       text_column=args.text_column, label_column=args.label_column,

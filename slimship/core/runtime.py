@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from slimship import manifest as artifact
-from slimship.manifest import ArtifactError
+from slimship.core import artifact
+from slimship.core.artifact import ArtifactError
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"

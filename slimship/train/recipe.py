@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimship import UserError
-from slimship.manifest import stage_log
-from slimship.metrics import classification_metrics
+from slimship.core.errors import UserError
+from slimship.core.artifact import stage_log
+from slimship.core.metrics import classification_metrics
 
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 METRICS = ("accuracy", "f1", "loss")

@@ -26,7 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from slimship import UserError, __version__
+from slimship import __version__
+from slimship.core.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

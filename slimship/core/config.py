@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from slimship import UserError
+from slimship.core.errors import UserError
 
 SECTIONS = ("train", "distill", "prune", "trim_vocab", "export", "quantize", "compress", "evaluate", "serve",
             "build", "containerize", "score", "run", "report")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimship import UserError
+from slimship.core.errors import UserError
 
 BUILTIN = ("minilm", "tiny")
 

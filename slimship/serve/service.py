@@ -1,6 +1,6 @@
 """The HTTP service: a BentoML 1.4 service over an ONNX artifact from the BentoML model store.
 
-    bentoml serve serve.service:Classify          # the model tag comes from SLIMSHIP_MODEL
+    bentoml serve slimship.serve.service:Classify          # the model tag comes from SLIMSHIP_MODEL
     slimship serve --model runs/demo/model        # imports the artifact, then the same
 
 Endpoints
@@ -42,15 +42,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serve import request_timeout
-from serve.balance import BalanceConnections, remove_shared_files
-from serve.batcher import AdaptiveBatcher, Overloaded
-from serve.limits import BodySizeLimit, ShedWhenOverloaded, install_outermost
-from serve.runtime import Classifier
-from serve.settings import ServeSettings
+from slimship.serve import request_timeout
+from slimship.serve.balance import BalanceConnections, remove_shared_files
+from slimship.serve.batcher import AdaptiveBatcher, Overloaded
+from slimship.serve.limits import BodySizeLimit, ShedWhenOverloaded, install_outermost
+from slimship.core.runtime import Classifier
+from slimship.serve.settings import ServeSettings
 from slimship import __version__
-from slimship import manifest as artifact
-from slimship.manifest import manifest_digest
+from slimship.core import artifact
+from slimship.core.artifact import manifest_digest
 
 SETTINGS = ServeSettings.from_env()
 request_timeout.install()  # BentoML's timeout keeps each request's objects alive for the timeout's length

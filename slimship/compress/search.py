@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.manifest import ArtifactError, stage_log
-from train.recipe import TrainConfig
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.artifact import ArtifactError, stage_log
+from slimship.train.recipe import TrainConfig
 
 OBJECTIVES = ("throughput", "latency")
 QUANTIZE_MODES = ("none", "dynamic", "static")
@@ -56,7 +56,7 @@ class Grid:
     vocab_options: dict = field(default_factory=dict)   # VocabConfig fields, e.g. {min_count: 2}
 
     def check(self, source: str = "grid") -> None:
-        from compress.export import OPTIMIZE_LEVELS
+        from slimship.compress.export import OPTIMIZE_LEVELS
 
         if any(not isinstance(n, int) or n < 1 for n in self.layers):
             raise UserError(f"{source}: layers must be positive integers, not {self.layers}")
@@ -72,7 +72,7 @@ class Grid:
         for mode in self.quantize:
             if mode not in QUANTIZE_MODES:
                 raise UserError(f"{source}: quantize {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
-        from compress.quantize import EMBEDDING_BITS
+        from slimship.compress.quantize import EMBEDDING_BITS
 
         if not self.embedding_bits or any(b not in EMBEDDING_BITS for b in self.embedding_bits):
             raise UserError(f"{source}: embedding_bits entries must be one of {EMBEDDING_BITS}, "
@@ -80,7 +80,7 @@ class Grid:
         if not self.vocab or any(v not in VOCAB_MODES for v in self.vocab) or len(set(self.vocab)) < len(self.vocab):
             raise UserError(f"{source}: vocab entries must be distinct values of {', '.join(VOCAB_MODES)}, "
                             f"not {self.vocab}")
-        from compress.vocab import GRID_OPTIONS
+        from slimship.compress.vocab import GRID_OPTIONS
 
         if not isinstance(self.vocab_options, dict) or set(self.vocab_options) - set(GRID_OPTIONS):
             raise UserError(f"{source}: vocab_options takes {', '.join(GRID_OPTIONS)}, not {self.vocab_options!r}")
@@ -91,7 +91,7 @@ class Grid:
 
 
 def load_grid(path: str | Path) -> Grid:
-    from slimship.config import load_yaml
+    from slimship.core.config import load_yaml
 
     return grid_from_dict(load_yaml(path), str(path))
 
@@ -244,36 +244,36 @@ class Search:
         started = path.parent / f".{node.name}.started"
         same_inputs = started.is_file() and started.read_text().strip() == self.key(node)
         if not same_inputs:
-            from train.stage import work_dir_for
+            from slimship.train.artifacts import work_dir_for
 
             shutil.rmtree(work_dir_for(path), ignore_errors=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             started.write_text(self.key(node) + "\n")
         train_opts = {**self.cfg.train.as_dict(), "resume": same_inputs}
         if node.stage == "distill":
-            from compress.distill import DistillConfig, distill
+            from slimship.compress.distill import DistillConfig, distill
 
             distill(self.teacher_dir, self.data, path,
                     DistillConfig.from_dict({**train_opts, **self.cfg.grid.distill, **node.options}))
         elif node.stage == "prune":
-            from compress.prune import PruneConfig, prune
+            from slimship.compress.prune import PruneConfig, prune
 
             prune(parent, self.data, path,
                   PruneConfig.from_dict({**train_opts, **self.cfg.grid.prune_options, **node.options}),
                   teacher_dir=self.teacher_dir)
         elif node.stage == "vocab":
-            from compress.vocab import trim_vocab
+            from slimship.compress.vocab import trim_vocab
 
             trim_vocab(parent, path, self.vocab_config())
         elif node.stage == "export":
-            from compress.export import ExportConfig, export
+            from slimship.compress.export import ExportConfig, export
 
             t = self.cfg.train
             export(parent, path, data=self.data,
                    cfg=ExportConfig(optimize=node.options["optimize"], parity_rows=t.max_eval_rows,
                                     text_column=t.text_column, label_column=t.label_column))
         elif node.stage == "quantize":
-            from compress.quantize import QuantizeConfig, quantize
+            from slimship.compress.quantize import QuantizeConfig, quantize
 
             t = self.cfg.train
             quantize(parent, path, QuantizeConfig(mode=node.options["mode"], data=str(self.data),
@@ -287,7 +287,7 @@ class Search:
 
     def vocab_config(self):
         """The vocab stage's options: the run's data settings, every training row counted, grid overrides."""
-        from compress.vocab import VocabConfig
+        from slimship.compress.vocab import VocabConfig
 
         t = self.cfg.train
         return VocabConfig(**{"data": str(self.data), "text_column": t.text_column, "label_column": t.label_column,
@@ -306,7 +306,7 @@ class Search:
             return json.loads(cache.read_text())
         from transformers import AutoModelForSequenceClassification
 
-        from compress.profile import model_profile
+        from slimship.compress.profile import model_profile
 
         model = AutoModelForSequenceClassification.from_pretrained(str(path))
         manifest = artifact.load(path, verify=False)
@@ -317,10 +317,10 @@ class Search:
 
     def measure(self, node: Node, texts: list[str], labels: list[int]) -> dict[str, Any]:
         """Accuracy and speed of an ONNX candidate; kept in measurement.json so a rerun reuses it."""
-        from compress.export import onnx_file_mb
-        from compress.latency import speed
-        from slimship.evaluate import artifact_logits
-        from slimship.metrics import classification_metrics
+        from slimship.compress.export import onnx_file_mb
+        from slimship.compress.latency import speed
+        from slimship.compress.evaluate import artifact_logits
+        from slimship.core.metrics import classification_metrics
 
         path = self.path(node)
         cache = path / "measurement.json"
@@ -360,7 +360,7 @@ def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict
     if measured:
         row.update(measured)
     else:
-        from compress.profile import weights_size
+        from slimship.compress.profile import weights_size
 
         validation = (manifest.get("metrics") or {}).get("validation") or {}
         row.update(accuracy=validation.get("accuracy"), macro_f1=validation.get("macro_f1"),
@@ -372,11 +372,11 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     """Search the grid, write the report and the chosen ONNX artifact at out/model; returns out."""
     from tqdm.auto import tqdm
 
-    from compress.quantize import cpu_preset
-    from serve.runtime import default_threads
-    from slimship.data import load_data
-    from slimship.metrics import classification_metrics
-    from slimship.report import write_report
+    from slimship.compress.quantize import cpu_preset
+    from slimship.core.runtime import default_threads
+    from slimship.core.data import load_data
+    from slimship.core.metrics import classification_metrics
+    from slimship.core.report import write_report
 
     cfg.check()
     teacher_dir, out = Path(teacher_dir).absolute(), Path(out)
@@ -402,7 +402,7 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
               + f", objective {cfg.objective}, {cfg.threads} threads")
 
     # The teacher's accuracy on exactly these rows, through the same metric code.
-    from slimship.evaluate import artifact_logits
+    from slimship.compress.evaluate import artifact_logits
 
     teacher_cache = out / "candidates" / "teacher.metrics.json"
     teacher_key = {"teacher": artifact.manifest_digest(teacher_dir), "data": str(Path(data).absolute()),

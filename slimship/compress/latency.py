@@ -19,7 +19,7 @@ import numpy as np
 
 def speed(artifact_dir: str | Path, texts: Sequence[str], *, threads: int | None = None, latency_rows: int = 200,
           throughput_rows: int = 512, batch_size: int = 32, warmup: int = 10, verify: bool = True) -> dict[str, Any]:
-    from serve.runtime import Classifier, default_threads
+    from slimship.core.runtime import Classifier, default_threads
 
     threads = threads or default_threads()
     clf = Classifier(artifact_dir, threads=threads, verify=verify)

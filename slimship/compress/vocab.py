@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.manifest import stage_log
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.artifact import stage_log
 
 KEPT_IDS_FILE = "kept_token_ids.json"
 COUNT_CHUNK = 4096      # texts per encode_batch call: keeps the progress bar moving and memory flat
@@ -286,8 +286,8 @@ def slice_vocabulary(model, kept: list[int]) -> None:
 
 def _evaluate(model, tokenizer, loaded, max_length: int, batch_size: int) -> tuple[dict, dict]:
     """(metrics, logits) per evaluation split, through the same prediction code as the other stages."""
-    from slimship.metrics import classification_metrics
-    from train.stage import predict_logits
+    from slimship.core.metrics import classification_metrics
+    from slimship.train.artifacts import predict_logits
 
     metrics, logits = {}, {}
     for name in ("validation", "test"):
@@ -311,10 +311,11 @@ def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.distill import metric_delta
-    from compress.profile import count_parameters, weights_size
-    from slimship.data import load_data
-    from train.stage import load_pytorch_artifact, save_model_artifact
+    from slimship.compress.distill import metric_delta
+    from slimship.compress.profile import weights_size
+    from slimship.train.artifacts import count_parameters
+    from slimship.core.data import load_data
+    from slimship.train.artifacts import load_pytorch_artifact, save_model_artifact
 
     source, model, tokenizer = load_pytorch_artifact(model_dir)
     labels, max_length = source["labels"], source["max_length"]

@@ -16,12 +16,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.manifest import stage_log
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.artifact import stage_log
 
 MODEL_NAME = "slimship-classifier"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 BENTOFILE = PROJECT_ROOT / "bentofile.yaml"
 
 
@@ -88,7 +88,7 @@ def build_bento(model_dir: str | Path, *, name: str = MODEL_NAME, version: str |
         raise UserError(f"{BENTOFILE} not found: `slimship build` needs the project's bentofile.yaml")
     tag = import_artifact(model_dir, name)
     # The service module binds its model when imported; forget an earlier import so this build sees this tag.
-    for module in ("serve.service", "serve.settings"):
+    for module in ("slimship.serve.service", "slimship.serve.settings"):
         sys.modules.pop(module, None)
     with _env(SLIMSHIP_MODEL=tag):
         bento = bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(PROJECT_ROOT), version=version,

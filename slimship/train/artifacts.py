@@ -1,27 +1,23 @@
-"""The train stage: fine-tune a pretrained model on labelled text and write a PyTorch artifact.
+"""PyTorch artifacts: load and save them, predict with them, and the data a torch stage reads.
 
-    train("minilm", "data/", "runs/teacher", TrainConfig(epochs=3)) -> Path("runs/teacher")
-
-The artifact holds the model (safetensors + config), the tokenizer, and a manifest with the labels, max_length,
-validation (and test) metrics, the AMP mode and the early-stopping outcome.
+Shared by every torch stage (train, distill, prune, trim-vocab, export).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slimship import manifest as artifact
-from slimship.data import LabelledData, load_data
-from slimship.manifest import stage_log
-from compress.profile import count_parameters
-from slimship.metrics import classification_metrics
-from train import recipe
-from train.models import load_classifier, load_tokenizer
-from train.recipe import TokenizedDataset, TrainConfig
+from slimship.core import artifact
+from slimship.core.artifact import stage_log
+from slimship.core.data import LabelledData, load_data
+from slimship.core.metrics import classification_metrics
+
+
+def count_parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 def work_dir_for(out: Path) -> Path:
@@ -30,7 +26,7 @@ def work_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.work"
 
 
-def load_stage_data(data: str | Path, cfg: TrainConfig, labels: list[str] | None = None) -> LabelledData:
+def load_stage_data(data: str | Path, cfg, labels: list[str] | None = None) -> LabelledData:
     loaded = load_data(data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
                        validation_fraction=cfg.validation_fraction, seed=cfg.seed,
                        max_train_rows=cfg.max_train_rows)
@@ -78,42 +74,6 @@ def evaluate_model(model, tokenizer, data: LabelledData, max_length: int, batch_
 def save_model_artifact(builder, model, tokenizer) -> None:
     model.save_pretrained(builder.dir, safe_serialization=True)
     tokenizer.save_pretrained(builder.dir)
-
-
-def train(model: str, data: str | Path, out: str | Path, cfg: TrainConfig, *,
-          trust_remote_code: bool = False) -> Path:
-    cfg.check()
-    out = Path(out)
-    amp = recipe.resolve_amp(cfg.amp)
-    stage_log(f"AMP mode: {amp} (asked: {cfg.amp})")
-    loaded = load_stage_data(data, cfg)
-    if "validation" not in loaded.splits:
-        stage_log("no validation split: early stopping is off and the last epoch's model is kept")
-    tokenizer = load_tokenizer(model, trust_remote_code)
-    net = load_classifier(model, loaded.labels, trust_remote_code=trust_remote_code, seed=cfg.seed)
-    train_set = TokenizedDataset(tokenizer, loaded.splits["train"].texts, loaded.splits["train"].labels, cfg.max_length)
-    val = loaded.splits.get("validation")
-    eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
-    work_dir = work_dir_for(out)
-    trainer = recipe.build_trainer(net, tokenizer, train_set, eval_set, cfg, work_dir, loaded.labels, amp)
-    outcome = recipe.run(trainer, cfg, work_dir)
-
-    if recipe.is_main_process():
-        net = recipe.trained_model(trainer)
-        metrics = evaluate_model(net, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
-        config = {"model": model, "data": str(data), **cfg.as_dict()}
-        with artifact.create(out, "train", format="pytorch", config=config) as art:
-            save_model_artifact(art, net, tokenizer)
-            art.manifest.update(
-                labels=loaded.labels, max_length=cfg.max_length, base_model=model, metrics=metrics, amp=amp,
-                early_stopping=outcome, parameters=count_parameters(net),
-                data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
-                      for name, s in loaded.splits.items()},
-            )
-        recipe.print_summary(f"trained {out}", outcome, amp, metrics.get("validation"))
-        shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is safely written; checkpoints are spent
-    recipe.finish_distributed()
-    return out
 
 
 def load_pytorch_artifact(path: str | Path):

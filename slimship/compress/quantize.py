@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.manifest import stage_log
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.artifact import stage_log
 
 MODES = ("dynamic", "static")
 METHODS = ("minmax", "entropy", "percentile")
@@ -129,7 +129,7 @@ class TokenizedRows:
 def _calibration_texts(cfg: QuantizeConfig, labels: list[str]) -> list[str]:
     import random
 
-    from slimship.data import load_data
+    from slimship.core.data import load_data
 
     train = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
                       splits=("train",)).splits["train"]
@@ -138,7 +138,7 @@ def _calibration_texts(cfg: QuantizeConfig, labels: list[str]) -> list[str]:
 
 
 def _validation(cfg: QuantizeConfig, labels: list[str]):
-    from slimship.data import load_data
+    from slimship.core.data import load_data
 
     if not cfg.data:
         return None
@@ -238,9 +238,9 @@ def quantize(onnx_dir: str | Path, out: str | Path, cfg: QuantizeConfig) -> Path
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
 
-    from compress.export import onnx_file_mb, write_provisional_manifest
-    from slimship.evaluate import artifact_logits
-    from slimship.metrics import classification_metrics
+    from slimship.compress.export import onnx_file_mb, write_provisional_manifest
+    from slimship.compress.evaluate import artifact_logits
+    from slimship.core.metrics import classification_metrics
 
     cfg.check()
     onnx_dir, out = Path(onnx_dir), Path(out)

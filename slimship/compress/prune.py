@@ -30,10 +30,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.manifest import stage_log
-from train.recipe import TrainConfig
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.artifact import stage_log
+from slimship.train.recipe import TrainConfig
 
 IMPORTANCE = ("taylor", "magnitude")
 
@@ -177,7 +177,7 @@ def prune_step(model, removal: Removal, importance: str, batches: list[dict], ma
     import torch
     import torch_pruning as tp
 
-    from compress.profile import example_inputs
+    from slimship.compress.profile import example_inputs
 
     shape = Shape.of(model)
     if importance == "taylor":
@@ -291,11 +291,11 @@ def _load_model(path: Path):
 
 def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     """Prune a PyTorch artifact's model in ``cfg.steps`` steps with recovery, and write a PyTorch artifact."""
-    from compress.distill import distill_trainer_class, kd_train_set, metric_delta
-    from compress.profile import example_inputs, model_profile, weights_size
-    from train import recipe
-    from train.recipe import TokenizedDataset
-    from train.stage import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
+    from slimship.compress.distill import distill_trainer_class, kd_train_set, metric_delta
+    from slimship.compress.profile import example_inputs, model_profile, weights_size
+    from slimship.train import recipe
+    from slimship.train.recipe import TokenizedDataset
+    from slimship.train.artifacts import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
 
     cfg.check()
     out = Path(out)

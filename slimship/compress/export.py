@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.manifest import stage_log
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.artifact import stage_log
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3")
@@ -73,7 +73,7 @@ class ExportConfig:
 
 def parity_rows(source: dict[str, Any], data: str | Path | None, cfg: ExportConfig) -> tuple[list[str], list[int] | None, str]:
     """(texts, labels or None, where they came from) for the parity check."""
-    from slimship.data import load_data
+    from slimship.core.data import load_data
 
     if data is None:
         data = (source.get("config") or {}).get("data")
@@ -136,9 +136,9 @@ def export(model_dir: str | Path, out: str | Path, opset: int | None = None, *, 
     """PyTorch artifact -> ONNX artifact, refused unless it passes the parity gate."""
     from optimum.exporters.onnx import main_export
 
-    from slimship.evaluate import artifact_logits
-    from slimship.metrics import classification_metrics
-    from train.stage import load_pytorch_artifact, predict_logits
+    from slimship.compress.evaluate import artifact_logits
+    from slimship.core.metrics import classification_metrics
+    from slimship.train.artifacts import load_pytorch_artifact, predict_logits
 
     cfg = cfg or ExportConfig(optimize=optimize, opset=opset)
     cfg.check()

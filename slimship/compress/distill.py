@@ -33,11 +33,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.manifest import stage_log
-from train import recipe
-from train.recipe import TokenizedDataset, TrainConfig
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.artifact import stage_log
+from slimship.train import recipe
+from slimship.train.recipe import TokenizedDataset, TrainConfig
 
 TEACHER_LOGITS = ("cache", "online")
 
@@ -115,7 +115,7 @@ def load_student(spec: str, labels: list[str], seed: int):
     """A student from a config.json (randomly initialised), a checkpoint dir or a built-in model name."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from train.models import load_classifier
+    from slimship.train.models import load_classifier
 
     path = Path(spec)
     if path.is_file() and path.suffix == ".json":
@@ -229,7 +229,7 @@ class KDDataset(TokenizedDataset):
 
 def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str):
     """The training set for distillation, with the teacher's logits cached when ``mode`` is "cache"."""
-    from train.stage import predict_logits
+    from slimship.train.artifacts import predict_logits
 
     if mode != "cache":
         return TokenizedDataset(tokenizer, texts, labels, cfg.max_length), None
@@ -255,8 +255,8 @@ def metric_delta(student: dict | None, teacher: dict | None) -> dict | None:
 
 
 def distill(teacher_dir, data, out, cfg: DistillConfig) -> Path:
-    from compress.profile import model_profile, weights_size
-    from train.stage import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
+    from slimship.compress.profile import model_profile, weights_size
+    from slimship.train.artifacts import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
 
     cfg.check()
     out = Path(out)

@@ -11,6 +11,8 @@ import contextlib
 import io
 from pathlib import Path
 
+from slimship.train.artifacts import count_parameters
+
 
 def example_inputs(model, max_length: int = 128, batch_size: int = 1) -> dict:
     """A full-length dummy batch for tracing and counting (token id 1 everywhere; only shapes matter)."""
@@ -22,10 +24,6 @@ def example_inputs(model, max_length: int = 128, batch_size: int = 1) -> dict:
     if getattr(model.config, "type_vocab_size", 0):
         inputs["token_type_ids"] = torch.zeros_like(ids)
     return inputs
-
-
-def count_parameters(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def count_macs(model, max_length: int = 128) -> int:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimship import UserError
+from slimship.core.errors import UserError
 
 COLUMNS = [  # (key, header, format)
     ("name", "candidate", "{}"),

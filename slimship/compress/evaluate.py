@@ -8,17 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from slimship import UserError
-from slimship import manifest as artifact
-from slimship.data import load_data
-from slimship.metrics import classification_metrics
+from slimship.core.errors import UserError
+from slimship.core import artifact
+from slimship.core.data import load_data
+from slimship.core.metrics import classification_metrics
 
 
 def artifact_logits(path: str | Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Logits of an artifact of either format; PyTorch artifacts need the train extra."""
     manifest = artifact.load(path)
     if manifest["format"] == "onnx":
-        from serve.runtime import Classifier
+        from slimship.core.runtime import Classifier
 
         clf = Classifier(path, verify=False)  # verified just above
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -30,7 +30,7 @@ def artifact_logits(path: str | Path, texts: list[str], batch_size: int = 64) ->
     if manifest["format"] == "pytorch":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from train.stage import predict_logits
+        from slimship.train.artifacts import predict_logits
 
         model = AutoModelForSequenceClassification.from_pretrained(str(path))
         tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
