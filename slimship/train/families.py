@@ -1,0 +1,258 @@
+"""Model families: the one place that knows how each architecture is laid out.
+
+Every stage asks this registry instead of naming module paths itself. A ``Family`` says, for one
+``config.model_type``:
+
+- where the transformer blocks live (``layers_path``) and which config key holds the depth (``depth_key``),
+  so distillation can drop layers and the search can read a checkpoint's depth from its config.json;
+- which inputs the model takes (DistilBERT, ModernBERT and MPNet take no ``token_type_ids``);
+- its pad token and padding side (RoBERTa/XLM-R pad with ``<pad>``, id 1, not id 0);
+- the tokenizer files it may carry beside tokenizer.json (vocab.txt, merges.txt, SentencePiece models);
+- its classification head (modules after the encoder);
+- whether ONNX Runtime's transformer optimizer knows it (the search skips O1-O3 for those it does not);
+- the parts pruning needs (attention projections and head layout, FFN modules, hidden size): getters on a
+  block, filled in by the pruning side.
+
+Unknown model types get a one-line ``UserError`` naming the model type and the operation asked for.
+
+Nothing here imports torch or transformers at module level: the search reads depths from config.json dicts.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from slimship.core.errors import UserError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """The attention of one block as pruning sees it. ``qkv`` is set instead of query/key/value where the
+    family fuses the three projections into one Linear (ModernBERT's Wqkv: output rows [q; k; v])."""
+
+    module: Any                     # the module whose head-count attributes must be updated after pruning
+    query: Any = None
+    key: Any = None
+    value: Any = None
+    qkv: Any = None
+    output: Any = None
+
+
+@dataclass(frozen=True)
+class FFNParts:
+    """The feed-forward of one block: ``up`` (hidden -> intermediate) and ``down`` (intermediate -> hidden).
+    ``gated`` where ``up`` produces [input; gate] halves (ModernBERT's Wi, GeGLU)."""
+
+    up: Any
+    down: Any
+    gated: bool = False
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str                               # the registry key: config.model_type
+    layers_path: str | None                 # dotted path from the *ForSequenceClassification model to the blocks'
+                                            # ModuleList; None: the blocks share weights (ALBERT)
+    depth_key: str = "num_hidden_layers"    # config.json key of the depth (DistilBERT: n_layers)
+    inputs: tuple[str, ...] = ("input_ids", "token_type_ids", "attention_mask")
+    pad_token: str = "[PAD]"                # used only when a tokenizer defines no pad token of its own
+    padding_side: str = "right"
+    tokenizer_files: tuple[str, ...] = ()   # besides TOKENIZER_FILES
+    head: tuple[str, ...] = ("classifier",)  # modules after the encoder (pooler, classifier)
+    ort_optimizer: bool = True              # ONNX Runtime's transformer optimizer (O1-O3) supports it
+    # Config keys for the pruned shapes.
+    hidden_key: str = "hidden_size"
+    heads_key: str = "num_attention_heads"
+    intermediate_key: str = "intermediate_size"
+    # Pruning hooks: block -> parts (None: this family cannot be pruned yet).
+    attention: Callable[[Any], AttentionParts] | None = None
+    ffn: Callable[[Any], FFNParts] | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # room for later per-family facts
+
+    @property
+    def takes_token_type_ids(self) -> bool:
+        return "token_type_ids" in self.inputs
+
+    def depth(self, config) -> int:
+        """The number of blocks, from a config object or a config.json dict."""
+        value = config.get(self.depth_key) if isinstance(config, dict) else getattr(config, self.depth_key)
+        return int(value or 0)
+
+    def set_depth(self, config, n: int) -> None:
+        setattr(config, self.depth_key, n)
+
+    def layers(self, model):
+        """The ModuleList of blocks (raises for shared-weight families, which have no such list)."""
+        if self.layers_path is None:
+            raise UserError(f"{self.name}: its layers share one set of weights; there is no list of blocks")
+        return _get(model, self.layers_path)
+
+    def set_layers(self, model, blocks) -> None:
+        import torch
+
+        holder_path, _, attr = self.layers_path.rpartition(".")
+        setattr(_get(model, holder_path), attr, torch.nn.ModuleList(blocks))
+        self.set_depth(model.config, len(blocks))
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split(".") if dotted else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+# --- pruning hooks ---------------------------------------------------------------------------------------------
+
+
+def _bert_attention(block) -> AttentionParts:
+    a = block.attention
+    return AttentionParts(module=a.self, query=a.self.query, key=a.self.key, value=a.self.value,
+                          output=a.output.dense)
+
+
+def _bert_ffn(block) -> FFNParts:
+    return FFNParts(up=block.intermediate.dense, down=block.output.dense)
+
+
+def _distilbert_attention(block) -> AttentionParts:
+    a = block.attention
+    return AttentionParts(module=a, query=a.q_lin, key=a.k_lin, value=a.v_lin, output=a.out_lin)
+
+
+def _distilbert_ffn(block) -> FFNParts:
+    return FFNParts(up=block.ffn.lin1, down=block.ffn.lin2)
+
+
+def _deberta_attention(block) -> AttentionParts:
+    a = block.attention
+    return AttentionParts(module=a.self, query=a.self.query_proj, key=a.self.key_proj, value=a.self.value_proj,
+                          output=a.output.dense)
+
+
+def _modernbert_attention(block) -> AttentionParts:
+    return AttentionParts(module=block.attn, qkv=block.attn.Wqkv, output=block.attn.Wo)
+
+
+def _modernbert_ffn(block) -> FFNParts:
+    return FFNParts(up=block.mlp.Wi, down=block.mlp.Wo, gated=True)
+
+
+def _mpnet_attention(block) -> AttentionParts:
+    a = block.attention
+    return AttentionParts(module=a.attn, query=a.attn.q, key=a.attn.k, value=a.attn.v, output=a.attn.o)
+
+
+# --- the registry ----------------------------------------------------------------------------------------------
+
+_BERT_LIKE = dict(attention=_bert_attention, ffn=_bert_ffn)
+_ROBERTA_TOKENIZER = ("vocab.json", "merges.txt")
+_NO_TYPES = ("input_ids", "attention_mask")
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("bert", "bert.encoder.layer", tokenizer_files=("vocab.txt",), head=("bert.pooler", "classifier"),
+           notes="BERT, MiniLM", **_BERT_LIKE),
+    Family("distilbert", "distilbert.transformer.layer", depth_key="n_layers", inputs=_NO_TYPES,
+           tokenizer_files=("vocab.txt",), head=("pre_classifier", "classifier"), hidden_key="dim",
+           heads_key="n_heads", intermediate_key="hidden_dim", attention=_distilbert_attention,
+           ffn=_distilbert_ffn),
+    Family("roberta", "roberta.encoder.layer", inputs=_NO_TYPES, pad_token="<pad>", tokenizer_files=_ROBERTA_TOKENIZER,
+           **_BERT_LIKE),
+    Family("xlm-roberta", "roberta.encoder.layer", inputs=_NO_TYPES, pad_token="<pad>",
+           tokenizer_files=("sentencepiece.bpe.model",), **_BERT_LIKE),
+    Family("electra", "electra.encoder.layer", tokenizer_files=("vocab.txt",), **_BERT_LIKE),
+    Family("deberta-v2", "deberta.encoder.layer", tokenizer_files=("spm.model",), head=("pooler", "classifier"),
+           attention=_deberta_attention, ffn=_bert_ffn, notes="DeBERTa v2 and v3"),
+    Family("modernbert", "model.layers", inputs=_NO_TYPES, head=("model.final_norm", "head", "classifier"),
+           ort_optimizer=False, attention=_modernbert_attention, ffn=_modernbert_ffn,
+           notes="block 0 has no attention norm and every n-th block attends globally, both by position"),
+    Family("mpnet", "mpnet.encoder.layer", inputs=_NO_TYPES, pad_token="<pad>", tokenizer_files=("vocab.txt",),
+           ort_optimizer=False, attention=_mpnet_attention, ffn=_bert_ffn),
+    Family("albert", None, tokenizer_files=("spiece.model",), head=("albert.pooler", "classifier"),
+           notes="one shared block run num_hidden_layers times: dropping layers only shortens the loop"),
+)}
+
+
+def model_type_of(config) -> str:
+    if isinstance(config, dict):
+        return str(config.get("model_type", ""))
+    return str(getattr(config, "model_type", "") or "")
+
+
+def family_of(config, operation: str) -> Family:
+    """The family of a model config (object or config.json dict); ``operation`` names what was asked, for the
+    error: "distill", "export", "train", ..."""
+    model_type = model_type_of(getattr(config, "config", config))  # a model works too
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise UserError(f"{operation}: model type {model_type or '(none)'!r} is not supported; supported: "
+                        f"{', '.join(sorted(FAMILIES))}")
+    return family
+
+
+def supported() -> list[str]:
+    return sorted(FAMILIES)
+
+
+# --- operations every stage shares -----------------------------------------------------------------------------
+
+
+def prepare_tokenizer(tokenizer, config, operation: str = "train"):
+    """Make a Hugging Face tokenizer produce exactly the inputs the family's model takes, and pad with the
+    family's pad token when it has none of its own. Persisted by save_pretrained (through init_kwargs)."""
+    family = family_of(config, operation)
+    names = [n for n in family.inputs]
+    tokenizer.model_input_names = names
+    tokenizer.init_kwargs["model_input_names"] = names
+    tokenizer.padding_side = family.padding_side
+    tokenizer.init_kwargs["padding_side"] = family.padding_side
+    if tokenizer.pad_token is None and family.pad_token in tokenizer.get_vocab():
+        tokenizer.pad_token = family.pad_token
+    if tokenizer.pad_token is None:
+        raise UserError(f"{operation}: the {family.name} tokenizer has no pad token (and no {family.pad_token!r})")
+    return tokenizer
+
+
+def padding_record(tokenizer) -> dict[str, Any]:
+    """What an ONNX runtime must pad with, for the manifest: read back without transformers."""
+    return {"pad_token": tokenizer.pad_token, "pad_token_id": int(tokenizer.pad_token_id),
+            "padding_side": tokenizer.padding_side}
+
+
+def student_with_layers(teacher, kept: list[int], operation: str = "distill"):
+    """A fresh model of the teacher's class with ``len(kept)`` blocks, block i initialised from teacher block
+    ``kept[i]``; embeddings and head copied.
+
+    The student is built from its config (not edited in place), so it is exactly what ``from_pretrained``
+    rebuilds from the saved artifact: families whose blocks depend on their position (ModernBERT: block 0 has
+    no attention norm, every n-th block attends globally) get the layout of their new position, and weights
+    that position has no place for are dropped (returned, for the log).
+    """
+    family = family_of(teacher.config, operation)
+    config = copy.deepcopy(teacher.config)
+    family.set_depth(config, len(kept))
+    student = type(teacher)(config).to(dtype=next(teacher.parameters()).dtype)
+    state = teacher.state_dict()
+    if family.layers_path is None:       # shared blocks: the same weights, run fewer times
+        mapped = dict(state)
+    else:
+        prefix = family.layers_path + "."
+        position = {t: s for s, t in enumerate(kept)}
+        mapped = {}
+        for key, value in state.items():
+            if not key.startswith(prefix):
+                mapped[key] = value
+                continue
+            index, rest = key[len(prefix):].split(".", 1)
+            if int(index) in position:
+                mapped[f"{prefix}{position[int(index)]}.{rest}"] = value
+    result = student.load_state_dict(mapped, strict=False)
+    if result.missing_keys:
+        raise RuntimeError(f"{family.name}: the student has weights no teacher block provides: "
+                           f"{result.missing_keys[:5]}")
+    student.train(teacher.training)
+    return student, list(result.unexpected_keys)
