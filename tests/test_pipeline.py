@@ -114,13 +114,10 @@ def test_killed_at_random_points_then_rerun_completes(tmp_path, bento_home):
 @pytest.mark.slow
 @pytest.mark.container
 def test_run_to_image_then_http_prediction_equals_score(tmp_path, bento_home):
-    from slimship import containers
+    import container_host as host
     from tests.test_container import TEXTS, free_port, http_json
 
-    try:
-        builder = containers.detect("auto")
-    except containers.ContainerError as e:
-        pytest.skip(f"no container builder can be had here: {e}")
+    builder = host.builder_or_skip()
     config = tmp_path / "run.yaml"
     config.write_text(TINY_RUN)
     out = tmp_path / "out"
@@ -139,12 +136,12 @@ def test_run_to_image_then_http_prediction_equals_score(tmp_path, bento_home):
     expected = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
 
     port = free_port()
-    container = containers.run_container(builder, tag, port=port)
+    container = host.run_container(builder, tag, port=port)
     try:
-        containers.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
+        host.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
         status, answers = http_json(f"http://127.0.0.1:{port}/classify", {"texts": TEXTS})
     finally:
-        containers.remove_container(builder, container)
+        host.remove_container(builder, container)
         subprocess.run([builder.runner, "rmi", "-f", tag], env=builder.env, capture_output=True)
     assert status == 200 and len(answers) == len(TEXTS)
     assert [a["label"] for a in answers] == [e["label"] for e in expected]

@@ -205,7 +205,7 @@ print(tag); print("HEAVY", bad)
     # fails to start with a ModuleNotFoundError that only the container tests would see.
     import yaml
 
-    included = set(yaml.safe_load((ROOT / "bentofile.yaml").read_text())["include"])
+    included = set(yaml.safe_load((ROOT / "slimship" / "serve" / "bentofile.yaml").read_text())["include"])
     imported = {str(Path(f).resolve().relative_to(ROOT)) for f in next(l for l in lines if l.startswith("OURS"))
                 .split()[1:] if "serve/store.py" not in f}
     assert imported <= included, f"not in bentofile.yaml's include: {sorted(imported - included)}"

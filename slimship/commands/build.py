@@ -1,9 +1,11 @@
 """Build a bento from an ONNX artifact and print its tag.
 
 The artifact's digests are verified, it is imported into the BentoML model store (version = its manifest's
-sha256 prefix, so a rebuild of the same artifact reuses it), and `bentofile.yaml` is built into a bento that
-pins exactly that model. The bento tag is the only line on stdout; serve it with `bentoml serve TAG` or turn it
-into an image with `slimship containerize --bento TAG`. BENTOML_HOME chooses the store (default ~/bentoml).
+sha256 prefix, so a rebuild of the same artifact reuses it), and the bentofile that ships inside slimship
+(slimship/serve/bentofile.yaml) is built into a bento that pins exactly that model; it works the same from a
+checkout and from an installed wheel, from any working directory. The bento tag is the only line on stdout;
+serve it with `bentoml serve TAG` or turn it into an image with `slimship containerize --bento TAG`.
+BENTOML_HOME chooses the store (default ~/bentoml).
 
 Example:
   slimship build --model runs/demo/model

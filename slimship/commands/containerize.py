@@ -1,18 +1,21 @@
-"""Build an OCI image of the service (CPU, or GPU with --gpu), print its tag and size; optionally save or push it.
+"""Build an OCI image of the service (CPU, or GPU with --gpu), print its tag, size and how to run it; optionally
+save or push it.
 
-The image comes from docker/Dockerfile (Dockerfile.gpu): python:3.11-slim, only the serving packages (no torch,
-no transformers), the bento with its model, a non-root user, a HEALTHCHECK on /readyz, port 3000. The builder
-is Docker where an engine answers, else podman or buildah without a daemon: as root on Debian the first run
-installs them and makes the local base image (docker/podman-setup.sh; see docs/CONTAINERS.md).
+The image comes from the Dockerfile that ships inside slimship (slimship/deploy/Dockerfile, Dockerfile.gpu):
+python:3.11-slim, only the serving packages (no torch, no transformers), the bento with its model, a non-root
+user, a HEALTHCHECK on /readyz, port 3000. The builder is Docker where an engine answers, else podman, else
+buildah, used as the machine configures them: the image lands in the storage your own `podman images` (or
+`docker images`) lists. With none of them working it stops and says what to install (docs/CONTAINERS.md).
 
 --model DIR builds the bento first (as `slimship build` does); --bento TAG uses one from the BentoML store.
-stdout: `image: TAG`, `size: BYTES (HUMAN)`, then `saved: FILE` and `pushed: DEST@DIGEST` when asked.
+stdout: `image: TAG`, `size: BYTES (HUMAN)`, `run: COMMAND`, then `saved: FILE` and `pushed: DEST@DIGEST` when
+asked.
 
 Examples:
   slimship containerize --model runs/demo/model --tag slimship-demo:latest
+  podman run --rm -p 3000:3000 slimship-demo:latest          # the `run:` line (docker run where Docker built it)
   slimship containerize --bento slimship:latest --save slimship-demo.oci.tar
   slimship containerize --model runs/demo/model --push registry.example.com/team/slimship-demo:1
-  podman run --rm -p 127.0.0.1:3000:3000 slimship-demo:latest
 """
 
 from slimship.core.errors import UserError
@@ -23,7 +26,7 @@ def add_arguments(parser) -> None:
     source.add_argument("--model", help="ONNX artifact directory: build its bento, then the image")
     source.add_argument("--bento", help="bento tag from the BentoML store (e.g. from `slimship build`)")
     parser.add_argument("--gpu", action="store_true",
-                        help="build the GPU variant (onnxruntime-gpu, CUDA/cuDNN from pip wheels; docker/Dockerfile.gpu)")
+                        help="build the GPU variant (onnxruntime-gpu, CUDA/cuDNN from pip wheels; deploy/Dockerfile.gpu)")
     parser.add_argument("--tag", help="image name[:tag] (default: slimship:<bento version>[-gpu])")
     parser.add_argument("--backend", choices=["auto", "docker", "podman", "buildah"], default="auto",
                         help="builder: auto = Docker if its engine answers, else podman, else buildah")
@@ -41,7 +44,7 @@ def run(args) -> int:
         raise UserError("give the model to ship: --model DIR (an ONNX artifact) or --bento TAG")
     if args.push:
         containers.check_destination(args.push)  # before minutes of building
-    builder = containers.detect(args.backend)    # fail fast (and prepare podman) before building the bento
+    builder = containers.detect(args.backend)    # no builder: say so before minutes of building the bento
     if args.model:
         from slimship.serve.store import build_bento
 
@@ -53,6 +56,7 @@ def run(args) -> int:
                                      builder=builder)
     print(f"image: {result['tag']}")
     print(f"size: {result['size']} ({containers.human_size(result['size'])})")
+    print(f"run: {result['run']}")
     if "saved" in result:
         print(f"saved: {result['saved']}")
     if "pushed" in result:

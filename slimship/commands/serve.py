@@ -33,7 +33,7 @@ def run(args) -> int:
     import sys
 
     from slimship.serve.settings import ServeSettings
-    from slimship.serve.store import PROJECT_ROOT, import_artifact
+    from slimship.serve.store import SOURCE_ROOT, import_artifact
     from slimship.core.errors import UserError
 
     tag = import_artifact(args.model, args.name)
@@ -51,7 +51,7 @@ def run(args) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     command = [sys.executable, "-m", "bentoml", "serve", "slimship.serve.service:Classify", "--host", args.host,
-               "--port", str(args.port), "--working-dir", str(PROJECT_ROOT)]
+               "--port", str(args.port), "--working-dir", str(SOURCE_ROOT)]
     sys.stdout.flush()
     sys.stderr.flush()
     # Become the server (same pid): SIGTERM/SIGINT from a supervisor or Ctrl-C reach BentoML directly, which

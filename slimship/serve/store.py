@@ -3,6 +3,10 @@
     import_artifact("runs/demo/model")  -> "slimship-classifier:3f2a9c0d1e4b5a69"
     build_bento("runs/demo/model")      -> "slimship:<version>"
 
+The bento is built from the bentofile that ships inside this package (serve/bentofile.yaml) over a build
+context holding a copy of exactly the files it includes, taken from wherever slimship is imported from: a
+checkout or site-packages, so `slimship build` works the same from a wheel as from the source tree.
+
 The model's version is the first 16 hex digits of the artifact's manifest sha256, so importing the same artifact
 twice reuses the stored copy, and a different artifact can never hide behind the same tag. The stored copy keeps
 the artifact's layout (manifest.json included), so the service verifies every file's digest when it loads.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,8 +26,10 @@ from slimship.core import artifact
 from slimship.core.artifact import stage_log
 
 MODEL_NAME = "slimship-classifier"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-BENTOFILE = PROJECT_ROOT / "bentofile.yaml"
+BENTOFILE = Path(__file__).resolve().parent / "bentofile.yaml"
+# The directory that holds the `slimship` package (a checkout's root, or site-packages): the bentofile's include
+# list and `bentoml serve slimship.serve.service:Classify` name files and modules relative to it.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def model_tag_for(model_dir: str | Path, name: str = MODEL_NAME) -> str:
@@ -84,14 +91,35 @@ def build_bento(model_dir: str | Path, *, name: str = MODEL_NAME, version: str |
     """
     import bentoml
 
-    if not BENTOFILE.is_file():
-        raise UserError(f"{BENTOFILE} not found: `slimship build` needs the project's bentofile.yaml")
     tag = import_artifact(model_dir, name)
     # The service module binds its model when imported; forget an earlier import so this build sees this tag.
     for module in ("slimship.serve.service", "slimship.serve.settings"):
         sys.modules.pop(module, None)
-    with _env(SLIMSHIP_MODEL=tag):
-        bento = bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(PROJECT_ROOT), version=version,
+    with tempfile.TemporaryDirectory(prefix="slimship-bento-") as context, _env(SLIMSHIP_MODEL=tag):
+        bentofile = stage_build_context(Path(context))
+        bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=context, version=version,
                                                args={"model": tag})
     stage_log(f"built bento {bento.tag} with model {tag} at {bento.path}")
     return str(bento.tag)
+
+
+def stage_build_context(context: Path) -> Path:
+    """Copy the bentofile and every file it includes (slimship/...) into ``context``; return the bentofile.
+
+    BentoML walks the whole build context to match the include list, so a context holding only these files
+    keeps the build from walking a checkout's .venv or all of site-packages.
+    """
+    import yaml
+
+    spec = yaml.safe_load(BENTOFILE.read_text(encoding="utf-8"))
+    for pattern in spec["include"]:
+        sources = [path for path in SOURCE_ROOT.glob(pattern) if path.is_file()]
+        if not sources:  # a broken install
+            raise UserError(f"{SOURCE_ROOT / pattern} is missing: the slimship installation is incomplete "
+                            f"({BENTOFILE.name} includes {pattern})")
+        for source in sources:
+            target = context / source.relative_to(SOURCE_ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    shutil.copy2(BENTOFILE, context / BENTOFILE.name)
+    return context / BENTOFILE.name
