@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 OUT    ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast image bench clean
+.PHONY: setup demo test test-fast image container-host wheel clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,19 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not container" $(PYTEST_ARGS)
 
+# Needs a working docker, podman or buildah; then `podman run --rm -p 3000:3000 slimship-demo:latest` (or docker).
 image: setup
 	$(VENV)/bin/slimship run --config configs/demo.yaml --out $(OUT) --image --image-tag slimship-demo:latest
 
+# A Debian/Ubuntu machine without Docker, as root: install podman and, with no registry, make the base image
+# locally (docs/CONTAINERS.md). slimship itself never installs anything.
+container-host:
+	bash tests/podman-setup.sh
+
+# The wheel a user installs (bentofile and Dockerfiles inside); tests/test_install.py installs and runs it.
+wheel: setup
+	rm -rf build   # setuptools keeps stale modules in build/lib between builds
+	$(PY) -m pip wheel --no-deps --no-build-isolation -q -w dist .
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache build dist
