@@ -65,6 +65,20 @@ def length_groups(lengths: np.ndarray, call_overhead: int = CALL_OVERHEAD_TOKENS
     return groups[::-1]
 
 
+def pad_token_of(tokenizer, manifest: dict[str, Any]) -> tuple[str, int]:
+    """(pad token, id) the model was trained with: what export recorded from the Hugging Face tokenizer
+    (manifest "tokenizer"), else the tokenizer.json's own padding, else [PAD] / id 0 (older BERT artifacts).
+    RoBERTa-style models pad with <pad> = 1 and derive position ids from it, so id 0 would be wrong there."""
+    recorded = manifest.get("tokenizer") or {}
+    if recorded.get("pad_token_id") is not None:
+        return str(recorded.get("pad_token") or ""), int(recorded["pad_token_id"])
+    padding = tokenizer.padding
+    if padding and padding.get("pad_token") is not None:
+        return padding["pad_token"], int(padding["pad_id"])
+    pad_id = tokenizer.token_to_id("[PAD]")
+    return "[PAD]", 0 if pad_id is None else pad_id
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -92,8 +106,8 @@ class Classifier:
 
         self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
         self.tokenizer.enable_truncation(max_length=self.max_length)
-        pad_id = self.tokenizer.token_to_id("[PAD]")
-        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        pad_token, pad_id = pad_token_of(self.tokenizer, self.manifest)
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
 
         self.threads = threads or default_threads()
         self._spinning = spinning

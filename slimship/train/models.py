@@ -28,11 +28,28 @@ def minilm_dir() -> Path:
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from slimship.train import families
+
     source = minilm_dir() if name in BUILTIN else name
     try:
-        return AutoTokenizer.from_pretrained(str(source), use_fast=True, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), use_fast=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"{name}: could not load a tokenizer ({_first_line(e)})") from None
+    # The family decides the inputs (DistilBERT/RoBERTa/ModernBERT take no token_type_ids) and the pad token.
+    return families.prepare_tokenizer(tokenizer, model_config(name, trust_remote_code), "train")
+
+
+def model_config(name: str, trust_remote_code: bool = False):
+    """The config of a built-in name, checkpoint dir or hub id (the family is read from its model_type)."""
+    from transformers import AutoConfig, BertConfig
+
+    if name == "tiny":
+        return BertConfig(**TINY_CONFIG)
+    source = minilm_dir() if name == "minilm" else name
+    try:
+        return AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name}: could not load the model config ({_first_line(e)})") from None
 
 
 def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = False, seed: int = 42):
@@ -47,9 +64,12 @@ def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = F
         config = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, num_labels=len(labels),
                             id2label=id2label, label2id=label2id, **TINY_CONFIG)
         return BertForSequenceClassification(config)
+    from slimship.train import families
+
     source = str(minilm_dir()) if name == "minilm" else name
     if not (name == "minilm" or Path(name).is_dir() or _looks_like_hub_id(name)):
         raise UserError(f"{name}: not a built-in model ({', '.join(BUILTIN)}), a checkpoint directory or a hub id")
+    families.family_of(model_config(name, trust_remote_code), "train")  # one line for an unsupported family
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=len(labels), id2label=id2label, label2id=label2id,
