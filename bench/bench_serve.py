@@ -325,7 +325,7 @@ def main() -> None:
         raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    data = args.data or (SST2 if args.model == "minilm" else ROOT / "examples" / "sentiment")
+    data = args.data or (SST2 if args.model == "minilm" else ROOT / "tests" / "data" / "sentiment")
     paths = artifacts(args.model, args.rows, data, args.teacher)
     if args.prepare_only:
         return

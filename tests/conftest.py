@@ -10,7 +10,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
-DEMO_DATA = ROOT / "examples" / "sentiment"
+# Templated sentences a tiny random model learns in seconds (tests/data/make_sentiment.py); the demo itself runs
+# on the real examples/sentiment set.
+DEMO_DATA = ROOT / "tests" / "data" / "sentiment"
+REAL_DEMO_DATA = ROOT / "examples" / "sentiment"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # nothing may come from a hub at test time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,12 +50,13 @@ def agnews_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A `tiny` model trained briefly on the demo data: a valid PyTorch artifact for the later stages."""
+    from slimship.core.config import DataConfig
     from slimship.train.recipe import TrainConfig
     from slimship.train.stage import train
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-teacher"
     cfg = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=32, max_length=64, quiet=True, patience=0)
-    return train("tiny", DEMO_DATA, out, cfg)
+    return train("tiny", out, DataConfig(str(DEMO_DATA)), cfg)
 
 
 @pytest.fixture(scope="session")

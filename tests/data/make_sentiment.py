@@ -1,7 +1,10 @@
-"""Writes examples/sentiment/{train,validation}.csv: the small embedded demo set (our own sentences).
+"""Writes tests/data/sentiment/{train,validation}.csv: templated review sentences for the tests.
 
-Short product/film/restaurant reviews composed from hand-written fragments, so the demo needs no download. A
-fixed seed keeps the files stable; run it again only to change the set.
+A tiny random model learns them in seconds, which keeps the test suite fast; the demo uses real data instead
+(examples/sentiment, UCI Sentiment Labelled Sentences).
+
+Short product/film/restaurant reviews composed from hand-written fragments. A fixed seed keeps the files
+stable; run it again only to change the set.
 """
 
 import csv
