@@ -11,50 +11,33 @@ training, and a crashed training resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from slimship.core.errors import UserError
+from slimship.compress.config import CompressConfig
 from slimship.core import artifact
-from slimship.core.data import FORMATS
 from slimship.core.artifact import stage_log
+from slimship.core.config import DataConfig, content_key, opt
+from slimship.core.errors import UserError
+from slimship.train.config import TrainConfig, TrainSource
 
 STATE_FILE = "pipeline.json"
 
 
 @dataclass
 class RunConfig:
-    data: str = "examples/sentiment"
-    model: str = "minilm"
-    out: str = "runs/demo"
-    max_accuracy_drop: float = 1.0
-    image: bool = False
-    image_tag: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)       # TrainConfig fields
-    compress: dict[str, Any] = field(default_factory=dict)    # CompressConfig fields; `grid:` a Grid mapping or file
-
-
-def data_fingerprint(data: str | Path) -> str:
-    """sha256 over the data files (names and bytes), so edited data reruns the stages that read it."""
-    path = Path(data)
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in FORMATS) if path.is_dir() else [path]
-    if not files or not all(p.is_file() for p in files):
-        return hashlib.sha256(str(data).encode()).hexdigest()     # a hub name: its name is all we know
-    digest = hashlib.sha256()
-    for p in files:
-        digest.update(p.name.encode())
-        digest.update(artifact.sha256_file(p).encode())
-    return digest.hexdigest()
-
-
-def stage_key(name: str, config: Any, *inputs: str) -> str:
-    blob = json.dumps({"stage": name, "config": config, "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    model: str = field(default=TrainSource.model, metadata=opt("pretrained model to fine-tune"))
+    out: str = field(default="runs/demo", metadata=opt("output directory"))
+    image: bool = field(default=False, metadata=opt("also build the container image"))
+    image_tag: str | None = field(default=None, metadata=opt("image name:tag (default: derived from the bento)"))
+    data: DataConfig = field(default_factory=DataConfig)                 # the teacher's data
+    train: TrainConfig = field(default_factory=TrainConfig)              # the teacher's training
+    compress_data: DataConfig = field(default_factory=DataConfig)        # the search's data (usually the same)
+    compress: CompressConfig = field(default_factory=CompressConfig)
 
 
 class Pipeline:
@@ -93,54 +76,49 @@ def _artifact_intact(path: str) -> bool:
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    from slimship.compress.search import CompressConfig, Grid, compress, load_grid
-    from slimship.train.recipe import TrainConfig
+    from slimship.compress.search import compress
     from slimship.train.stage import train
 
+    for data in (cfg.data, cfg.compress_data):
+        data.check()
+    cfg.train.check()
+    cfg.compress.check()
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(out)
-    data_key = data_fingerprint(cfg.data)
 
-    train_cfg = TrainConfig.from_dict(cfg.train)
-    train_cfg.check()
+    # A stage's key: its config, the data's content and the previous stage's key (contents, never paths).
     teacher_dir = out / "teacher"
-    train_key = stage_key("train", {"model": cfg.model, **train_cfg.as_dict()}, data_key)
+    train_key = content_key({"stage": "train", "model": cfg.model, "config": cfg.train.key(),
+                             "data": cfg.data.fingerprint()})
 
     def run_train() -> str:
-        train_cfg.resume = True          # a crashed earlier run left checkpoints: continue from them
-        train(cfg.model, cfg.data, teacher_dir, train_cfg)
+        cfg.train.resume = True          # a crashed earlier run left checkpoints: continue from them
+        train(cfg.model, teacher_dir, cfg.data, cfg.train)
         return str(teacher_dir)
 
     pipe.stage("train", train_key, run_train, _artifact_intact)
 
-    compress_values = dict(cfg.compress)
-    grid = compress_values.pop("grid", None)
-    grid = load_grid(grid) if isinstance(grid, str) else Grid(**(grid or {}))
-    compress_train = TrainConfig.from_dict({**cfg.train, **compress_values.pop("train", {})})
-    compress_cfg = CompressConfig(max_accuracy_drop=cfg.max_accuracy_drop, grid=grid, train=compress_train,
-                                  **compress_values)
-    compress_cfg.check()
     compress_dir = out / "compress"
-    compress_key = stage_key("compress", {"max_accuracy_drop": cfg.max_accuracy_drop, "grid": grid.__dict__,
-                                          "train": compress_train.as_dict(), **compress_values}, train_key, data_key)
+    compress_key = content_key({"stage": "compress", "config": {**asdict(cfg.compress), "train": cfg.compress.train.key()},
+                                "data": cfg.compress_data.fingerprint(), "teacher": train_key})
 
     def run_compress() -> str:
-        compress(teacher_dir, cfg.data, compress_dir, compress_cfg)
+        compress(teacher_dir, compress_dir, cfg.compress_data, cfg.compress)
         return str(compress_dir / "model")
 
     model_dir = pipe.stage("compress", compress_key, run_compress, _artifact_intact)
 
     from slimship.serve.store import build_bento
 
-    bento_key = stage_key("bento", {}, compress_key, artifact.manifest_digest(model_dir))
+    bento_key = content_key({"stage": "bento", "model": artifact.manifest_digest(model_dir)})
     bento_tag = pipe.stage("bento", bento_key, lambda: build_bento(model_dir), _bento_exists)
 
     result = {"teacher": str(teacher_dir), "compress": str(compress_dir), "model": model_dir, "bento": bento_tag}
     if cfg.image:
         from slimship import containers
 
-        image_key = stage_key("image", {"tag": cfg.image_tag}, bento_key)
+        image_key = content_key({"stage": "image", "tag": cfg.image_tag, "bento": bento_key})
         result["image"] = pipe.stage("image", image_key, lambda: _build_image(containers, bento_tag, cfg),
                                      lambda r: containers.image_exists(r["tag"]))
     _write_run_report(out, compress_dir, result)

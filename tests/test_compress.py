@@ -10,6 +10,7 @@ import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
 from slimship.core import artifact
+from slimship.core.config import DataConfig
 
 TINY_GRID = """
 layers: [1]
@@ -91,8 +92,8 @@ def test_compress_resumes_without_redoing_candidates(compressed, tiny_teacher):
     shutil.rmtree(out / "model")
     grid = load_grid(out.parent / "grid.yaml")
     cfg = CompressConfig(max_accuracy_drop=1.0, grid=grid, latency_rows=20, throughput_rows=64,
-                         train=TrainConfig(max_length=64, quiet=True, amp="off", epochs=1, max_train_rows=300))
-    compress(tiny_teacher, DEMO_DATA, out, cfg)
+                         allow_batch_dependent=True, train=TrainConfig(max_length=64, quiet=True, amp="off", epochs=1))
+    compress(tiny_teacher, out, DataConfig(str(DEMO_DATA), max_train_rows=300), cfg)
     after = {p.name: (p / "manifest.json").stat().st_mtime_ns for p in (out / "candidates").iterdir() if p.is_dir()}
     assert set(after) == set(before)
     redone = {name for name in after if after[name] != before[name]}
@@ -151,7 +152,7 @@ def test_bad_grid_is_refused(tmp_path):
     from slimship.compress.search import load_grid
 
     (tmp_path / "g.yaml").write_text("layers: [3]\nquantise: [dynamic]\n")
-    with pytest.raises(UserError, match="unknown grid key"):
+    with pytest.raises(UserError, match="unknown key 'quantise' \\(did you mean 'quantize'\\?\\)"):
         load_grid(tmp_path / "g.yaml")
     (tmp_path / "g.yaml").write_text("prune: [{heads: 1.5}]\n")
     with pytest.raises(UserError, match="must be in"):
@@ -166,15 +167,15 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
     from slimship.train.recipe import TrainConfig
     from slimship.train.stage import train
 
-    teacher = train("minilm", sst2_dir, tmp_path / "teacher",
-                    TrainConfig(epochs=2, max_length=64, max_train_rows=1600, max_eval_rows=200, quiet=True,
-                                patience=0, learning_rate=1e-4))
+    data = DataConfig(str(sst2_dir), max_train_rows=1600, max_eval_rows=200)
+    teacher = train("minilm", tmp_path / "teacher", data,
+                    TrainConfig(epochs=2, max_length=64, quiet=True, patience=0, learning_rate=1e-4))
     grid = Grid(layers=[3], prune=[{}], optimize=["none"], quantize=["none", "dynamic"],
                 distill={"learning_rate": 1e-4})
     cfg = CompressConfig(max_accuracy_drop=1.0, grid=grid, latency_rows=30, throughput_rows=128,
-                         train=TrainConfig(epochs=1, max_length=64, max_train_rows=1600, max_eval_rows=200,
-                                           quiet=True, patience=0))
-    out = compress(teacher, sst2_dir, tmp_path / "c", cfg)
+                         allow_batch_dependent=True,
+                         train=TrainConfig(epochs=1, max_length=64, quiet=True, patience=0))
+    out = compress(teacher, tmp_path / "c", data, cfg)
     report = json.loads((out / "report.json").read_text())
     assert report["teacher_accuracy"] > 0.6                       # clearly above chance on 200 rows
     chosen = next(r for r in report["rows"] if r["chosen"])

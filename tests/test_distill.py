@@ -11,6 +11,7 @@ import torch
 from slimship.compress.distill import (DistillConfig, KDDataset, distill, distill_trainer_class, kd_loss, layer_indices,
                               student_from_teacher)
 from conftest import slimship_cmd
+from slimship.core.config import DataConfig
 from slimship.core.errors import UserError
 from slimship.core import artifact
 
@@ -40,9 +41,9 @@ def _kd_loss_of(model, teacher, tokenizer, texts, labels, cfg):
 
 @pytest.fixture(scope="module")
 def tiny_student(tiny_teacher, demo_data, tmp_path_factory):
-    cfg = DistillConfig(layers=1, epochs=1, learning_rate=1e-3, max_length=64, quiet=True, patience=0,
-                        max_train_rows=640)
-    out = distill(tiny_teacher, demo_data, tmp_path_factory.mktemp("distill") / "student", cfg)
+    cfg = DistillConfig(layers=1, epochs=1, learning_rate=1e-3, max_length=64, quiet=True, patience=0)
+    out = distill(tiny_teacher, tmp_path_factory.mktemp("distill") / "student",
+                  DataConfig(str(demo_data), max_train_rows=640), cfg)
     return out, cfg
 
 
@@ -85,9 +86,9 @@ def test_kd_loss_decreases_for_a_student_given_as_a_config(tiny_teacher, demo_da
     (tmp_path / "student.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
     cfg = DistillConfig(student=str(tmp_path / "student.json"), epochs=2, learning_rate=3e-3, max_length=64,
                         quiet=True, patience=0, temperature=1.0)
-    out = distill(tiny_teacher, demo_data, tmp_path / "student", cfg)
+    out = distill(tiny_teacher, tmp_path / "student", DataConfig(str(demo_data)), cfg)
     labels = artifact.load(out)["labels"]
-    texts, gold = _texts_and_labels(load_stage_data(demo_data, cfg, labels=labels))
+    texts, gold = _texts_and_labels(load_stage_data(DataConfig(str(demo_data)), labels=labels))
     initial = load_student(cfg.student, labels, cfg.seed)      # the same initialisation distill started from
     trained = AutoModelForSequenceClassification.from_pretrained(str(out))
     before = _kd_loss_of(initial, teacher, tokenizer, texts, gold, cfg)

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
+from slimship.core.config import DataConfig
 from slimship.core import artifact
 from slimship.core.artifact import ArtifactError
 
@@ -58,7 +59,7 @@ def test_failed_parity_gate_writes_nothing(tiny_teacher, tmp_path):
     # A zero logit tolerance: float32 ONNX and PyTorch never agree to the last bit, so the gate must refuse.
     out = tmp_path / "refused"
     result = subprocess.run(slimship_cmd("export", "--model", str(tiny_teacher), "--out", str(out),
-                                         "--data", str(DEMO_DATA), "--parity-rows", "32", "--max-logit-diff", "0"),
+                                         "--data", str(DEMO_DATA), "--max-eval-rows", "32", "--max-logit-diff", "0"),
                             capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert "parity gate" in result.stderr and "Traceback" not in result.stderr
@@ -69,7 +70,7 @@ def test_failed_parity_gate_writes_nothing(tiny_teacher, tmp_path):
 def test_fused_export(tiny_teacher, tmp_path):
     from slimship.compress.export import ExportConfig, export
 
-    out = export(tiny_teacher, tmp_path / "o2", data=DEMO_DATA, cfg=ExportConfig(optimize="O2", parity_rows=64))
+    out = export(tiny_teacher, tmp_path / "o2", DataConfig(str(DEMO_DATA), max_eval_rows=64), ExportConfig(optimize="O2"))
     m = artifact.load(out, format="onnx")
     assert m["optimize"] == "O2" and m["parity"]["passed"] and m["parity"]["rows"] == 64
     assert m["fused_operators"].get("Attention", 0) == 2          # one fused attention per layer

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from slimship.compress.profile import model_profile
+from slimship.core.config import DataConfig
 from slimship.compress.prune import PruneConfig, Removal, Shape, plan, prune, prune_step, reload_difference
 from conftest import slimship_cmd
 from slimship.core.errors import UserError
@@ -91,9 +92,9 @@ def test_pruned_tiny_reloads_with_identical_logits(tiny_teacher, tmp_path, ratio
 @pytest.fixture(scope="module")
 def tiny_pruned(tiny_teacher, demo_data, tmp_path_factory):
     cfg = PruneConfig(heads=0.5, ffn=0.5, steps=2, recovery_epochs=1.0, learning_rate=1e-3, max_length=64,
-                      quiet=True, patience=0, importance_batches=2, max_train_rows=480)
-    return prune(tiny_teacher, demo_data, tmp_path_factory.mktemp("prune") / "pruned", cfg,
-                 teacher_dir=tiny_teacher), cfg
+                      quiet=True, patience=0, importance_batches=2, teacher=str(tiny_teacher))
+    data = DataConfig(str(demo_data), max_train_rows=480)
+    return prune(tiny_teacher, tmp_path_factory.mktemp("prune") / "pruned", data, cfg), cfg
 
 
 def test_prune_stage_records_before_after_and_recovery(tiny_teacher, tiny_pruned):
@@ -156,14 +157,15 @@ def test_minilm_chain_on_sst2_stays_above_chance(sst2_dir, tmp_path):
     from slimship.train.recipe import TrainConfig
     from slimship.train.stage import train
 
-    common = dict(max_length=64, max_train_rows=640, max_eval_rows=200, batch_size=16, quiet=True, patience=0)
+    common = dict(max_length=64, batch_size=16, quiet=True, patience=0)
+    data = DataConfig(str(sst2_dir), max_train_rows=640, max_eval_rows=200)
     # minilm's CLS head needs some 80 steps to get going on SST-2 (one epoch of 480 rows stayed at chance)
-    teacher = train("minilm", sst2_dir, tmp_path / "teacher", TrainConfig(epochs=2, learning_rate=1e-4, **common))
-    student = distill(teacher, sst2_dir, tmp_path / "student",
+    teacher = train("minilm", tmp_path / "teacher", data, TrainConfig(epochs=2, learning_rate=1e-4, **common))
+    student = distill(teacher, tmp_path / "student", data,
                       DistillConfig(layers=3, epochs=1, learning_rate=2e-4, **common))
-    pruned = prune(student, sst2_dir, tmp_path / "pruned",
+    pruned = prune(student, tmp_path / "pruned", data,
                    PruneConfig(heads=1 / 3, ffn=0.5, recovery_epochs=1, learning_rate=1e-4, importance_batches=4,
-                               **common), teacher_dir=teacher)
+                               teacher=str(teacher), **common))
     accuracy = {name: artifact.load(path)["metrics"]["validation"]["accuracy"]
                 for name, path in (("teacher", teacher), ("student", student), ("pruned", pruned))}
     print("SST-2 validation accuracy (200 rows):", json.dumps(accuracy))
@@ -185,14 +187,14 @@ def test_a_crashed_prune_resumes_without_redoing_finished_steps(tiny_teacher, de
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(prune_module, "prune_step", crash_on_second_step)
-    cfg = PruneConfig(heads=0.5, ffn=0.5, steps=2, recovery_epochs=0, max_length=32, max_eval_rows=50,
-                      importance="magnitude")
+    cfg = PruneConfig(heads=0.5, ffn=0.5, steps=2, recovery_epochs=0, max_length=32, importance="magnitude")
+    data = DataConfig(str(demo_data), max_eval_rows=50)
     out = tmp_path / "pruned"
     with pytest.raises(KeyboardInterrupt):
-        prune(tiny_teacher, demo_data, out, cfg)
+        prune(tiny_teacher, out, data, cfg)
     assert not out.exists()                                            # no half-written artifact
     calls.clear()
-    prune(tiny_teacher, demo_data, out, PruneConfig(**{**cfg.as_dict(), "resume": True}))
+    prune(tiny_teacher, out, data, PruneConfig(**{**cfg.as_dict(), "resume": True}))
     assert len(calls) == 1                                             # step 1 came from the work dir
     manifest = artifact.load(out)
     assert manifest["after"]["shape"]["heads"] == 2 and manifest["after"]["shape"]["ffn"] == 128

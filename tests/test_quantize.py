@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
+from slimship.core.config import DataConfig
 from slimship.core.errors import UserError
 from slimship.core import artifact
 
@@ -32,7 +33,7 @@ def served_agreement(fp32_dir, quantized_dir) -> float:
 def test_int8_is_smaller_and_agrees(tiny_onnx, tmp_path, mode):
     from slimship.compress.quantize import QuantizeConfig, cpu_preset, quantize
 
-    out = quantize(tiny_onnx, tmp_path / mode, QuantizeConfig(mode=mode, data=str(DEMO_DATA), calibration=64))
+    out = quantize(tiny_onnx, tmp_path / mode, DataConfig(str(DEMO_DATA)), QuantizeConfig(mode=mode, calibration=64))
     m = artifact.load(out, format="onnx")
     q = m["quantization"]
     assert q["mode"] == mode and q["preset"] == cpu_preset()
@@ -56,10 +57,10 @@ def test_quantize_cli_and_refusals(tiny_onnx, tmp_path):
     from slimship.compress.quantize import QuantizeConfig, quantize
 
     with pytest.raises(UserError, match="needs --data"):
-        quantize(tiny_onnx, tmp_path / "s", QuantizeConfig(mode="static"))
+        quantize(tiny_onnx, tmp_path / "s", None, QuantizeConfig(mode="static"))
 
     with pytest.raises(UserError, match="already quantized"):
-        quantize(out, tmp_path / "twice", QuantizeConfig())
+        quantize(out, tmp_path / "twice", None, QuantizeConfig())
     assert not (tmp_path / "twice").exists()
 
 
@@ -71,8 +72,8 @@ def test_4bit_word_embeddings_shrink_the_file_and_agree(tiny_onnx, tmp_path, mod
     from slimship.compress.quantize import QuantizeConfig, quantize
 
     def run(bits: int):
-        cfg = QuantizeConfig(mode=mode, data=str(DEMO_DATA), calibration=32, embedding_bits=bits)
-        return quantize(tiny_onnx, tmp_path / f"{mode}-emb{bits}", cfg)
+        cfg = QuantizeConfig(mode=mode, calibration=32, embedding_bits=bits)
+        return quantize(tiny_onnx, tmp_path / f"{mode}-emb{bits}", DataConfig(str(DEMO_DATA)), cfg)
 
     int8, emb4 = run(8), run(4)
     q8, q4 = artifact.load(int8)["quantization"], artifact.load(emb4)["quantization"]
@@ -102,6 +103,6 @@ def test_embedding_bits_cli_and_refusals(tiny_onnx, tmp_path):
     from slimship.compress.quantize import QuantizeConfig, quantize
 
     with pytest.raises(UserError, match="--embedding-bits must be one of 8, 4"):
-        quantize(tiny_onnx, tmp_path / "b", QuantizeConfig(embedding_bits=2))
+        quantize(tiny_onnx, tmp_path / "b", None, QuantizeConfig(embedding_bits=2))
     with pytest.raises(UserError, match="power of two"):
-        quantize(tiny_onnx, tmp_path / "s", QuantizeConfig(embedding_bits=4, embedding_block_size=100))
+        quantize(tiny_onnx, tmp_path / "s", None, QuantizeConfig(embedding_bits=4, embedding_block_size=100))

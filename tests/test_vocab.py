@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, slimship_cmd
+from slimship.core.config import DataConfig
 from slimship.core.errors import UserError
 from slimship.core import artifact
 
@@ -30,7 +31,7 @@ def trimmed(tiny_teacher, tmp_path_factory) -> Path:
     from slimship.compress.vocab import VocabConfig, trim_vocab
 
     return trim_vocab(tiny_teacher, tmp_path_factory.mktemp("vocab") / "trimmed",
-                      VocabConfig(data=str(DEMO_DATA), quiet=True))
+                      DataConfig(str(DEMO_DATA)), VocabConfig(quiet=True))
 
 
 def _kept(path: Path) -> np.ndarray:
@@ -86,7 +87,7 @@ def test_keep_top_keeps_the_vocabularys_most_frequent_pieces(tiny_teacher, trimm
     word = "mountains"  # not in the demo data; a whole-word token of bert-base's vocabulary (id 4020)
     assert word in original and original[word] < 12000 and word not in AutoTokenizer.from_pretrained(
         str(trimmed)).get_vocab()
-    out = trim_vocab(tiny_teacher, tmp_path / "top", VocabConfig(data=str(DEMO_DATA), keep_top=12000, quiet=True))
+    out = trim_vocab(tiny_teacher, tmp_path / "top", DataConfig(str(DEMO_DATA)), VocabConfig(keep_top=12000, quiet=True))
     kept = set(_kept(out).tolist())
     m = artifact.load(out, format="pytorch")
     assert set(_kept(trimmed).tolist()) < kept and original[word] in kept
@@ -95,7 +96,7 @@ def test_keep_top_keeps_the_vocabularys_most_frequent_pieces(tiny_teacher, trimm
     assert original["[unused5]"] not in kept and original["..."] not in kept
     assert AutoTokenizer.from_pretrained(str(out)).tokenize(word) == [word]
     with pytest.raises(UserError, match="--keep-top"):
-        VocabConfig(data=str(DEMO_DATA), keep_top=-1).check()
+        VocabConfig(keep_top=-1).check()
 
 
 def test_same_tokens_and_logits_where_every_token_is_kept(tiny_teacher, trimmed):
@@ -127,7 +128,7 @@ def test_trimmed_artifact_exports_and_serves(trimmed, tiny_onnx, tmp_path):
     from slimship.compress.export import export
     from slimship.core.runtime import Classifier
 
-    onnx_dir = export(trimmed, tmp_path / "onnx", data=DEMO_DATA)
+    onnx_dir = export(trimmed, tmp_path / "onnx", DataConfig(str(DEMO_DATA)))
     m = artifact.load(onnx_dir, format="onnx")
     assert m["parity"]["passed"] and m["parity"]["max_abs_logit_diff"] < 1e-3
     assert (onnx_dir / "model.onnx").stat().st_size < 0.3 * (tiny_onnx / "model.onnx").stat().st_size
@@ -191,8 +192,9 @@ def test_compress_builds_and_measures_a_vocab_candidate(tiny_teacher, tmp_path):
                 vocab=["train"], prune_options={"recovery_epochs": 0, "importance": "magnitude"},
                 vocab_options={"min_count": 2})
     cfg = CompressConfig(max_accuracy_drop=100.0, grid=grid, latency_rows=5, throughput_rows=32,
-                         train=TrainConfig(max_length=64, quiet=True, amp="off", max_eval_rows=64))
-    out = compress(tiny_teacher, DEMO_DATA, tmp_path / "c", cfg)
+                         allow_batch_dependent=True, train=TrainConfig(max_length=64, quiet=True, amp="off"))
+    data = DataConfig(str(DEMO_DATA), max_eval_rows=64)
+    out = compress(tiny_teacher, tmp_path / "c", data, cfg)
     report = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
     assert report["chosen"] == "teacher-prune-ffn0.5-vocab-onnx-int8-dynamic"
@@ -202,7 +204,7 @@ def test_compress_builds_and_measures_a_vocab_candidate(tiny_teacher, tmp_path):
     assert rows["teacher-prune-ffn0.5-vocab"]["parameters"] < 0.3 * rows["teacher-prune-ffn0.5"]["parameters"]
     # A rerun reuses the trimmed node: same inputs, same key.
     before = (vocab_dir / "manifest.json").stat().st_mtime_ns
-    compress(tiny_teacher, DEMO_DATA, out, cfg)
+    compress(tiny_teacher, out, data, cfg)
     assert (vocab_dir / "manifest.json").stat().st_mtime_ns == before
 
 
@@ -219,11 +221,11 @@ def test_refusals(tiny_onnx, tmp_path):
     assert "not an artifact directory" in result.stderr and not (tmp_path / "out").exists()
 
     with pytest.raises(UserError, match="needs 'pytorch'"):
-        trim_vocab(tiny_onnx, tmp_path / "o", VocabConfig(data=str(DEMO_DATA)))
+        trim_vocab(tiny_onnx, tmp_path / "o", DataConfig(str(DEMO_DATA)), VocabConfig())
     with pytest.raises(UserError, match="--data is needed"):
-        trim_vocab(tiny_onnx, tmp_path / "o", VocabConfig())
+        trim_vocab(tiny_onnx, tmp_path / "o", DataConfig(), VocabConfig())
     with pytest.raises(UserError, match="--min-count"):
-        trim_vocab(tiny_onnx, tmp_path / "o", VocabConfig(data=str(DEMO_DATA), min_count=0))
+        trim_vocab(tiny_onnx, tmp_path / "o", DataConfig(str(DEMO_DATA)), VocabConfig(min_count=0))
     bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0}, merges=[])))
     with pytest.raises(UserError, match="WordPiece"):
         wordpiece_spec(bpe, "bpe-model")
@@ -232,7 +234,7 @@ def test_refusals(tiny_onnx, tmp_path):
 def test_cli_prints_a_summary(tiny_teacher, tmp_path):
     out = tmp_path / "trimmed"
     result = subprocess.run(slimship_cmd("trim-vocab", "--model", str(tiny_teacher), "--data", str(DEMO_DATA),
-                                         "--out", str(out), "--min-count", "30", "--max-rows", "500", "--quiet"),
+                                         "--out", str(out), "--min-count", "30", "--max-train-rows", "500", "--quiet"),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     v = artifact.load(out)["vocab"]

@@ -9,18 +9,15 @@ Example:
 
 import json
 
-from slimship.commands import require
+from slimship.commands import add_data_options, data_config, require
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", help="artifact directory (PyTorch or ONNX)")
-    parser.add_argument("--data", help="data directory or file (as for train)")
     parser.add_argument("--split", default="validation", choices=["train", "validation", "test"])
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--max-eval-rows", type=int, help="only the first N rows of the split")
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print the full metrics as JSON")
+    add_data_options(parser, skip=("max_train_rows",))
     require(parser, "model", "data")
 
 
@@ -28,9 +25,10 @@ def run(args) -> int:
     from slimship.compress.evaluate import evaluate
     from slimship.core.metrics import summary_line
 
-    metrics = evaluate(args.model, args.data, split=args.split, text_column=args.text_column,
-                       label_column=args.label_column, max_rows=args.max_eval_rows,
-                       batch_size=args.eval_batch_size)
+    data = data_config(args)
+    metrics = evaluate(args.model, data.path, split=args.split, text_column=data.text_column,
+                       label_column=data.label_column, max_rows=data.max_eval_rows, batch_size=args.eval_batch_size,
+                       seed=data.split_seed, validation_fraction=data.validation_fraction)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -14,34 +14,23 @@ Examples:
   slimship export --model runs/student --out runs/student-o2 --optimize O2
 """
 
-from slimship.commands import require
+from slimship.commands import add_data_options, optional_data_config, require
+from slimship.compress.config import ExportConfig
+from slimship.core.config import add_options, from_args
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", help="PyTorch artifact directory (from train, distill or prune)")
     parser.add_argument("--out", help="ONNX artifact directory to write")
-    parser.add_argument("--optimize", choices=["none", "O1", "O2", "O3"], default="none",
-                        help="ONNX Runtime graph optimization / fusion level (default: none)")
-    parser.add_argument("--opset", type=int, help="ONNX opset (default: optimum's choice for the model)")
-    gate = parser.add_argument_group("parity gate")
-    gate.add_argument("--data", help="data whose validation rows the gate compares on (default: the model's own)")
-    gate.add_argument("--parity-rows", type=int, help="compare on only the first N validation rows")
-    gate.add_argument("--min-agreement", type=float, default=0.995,
-                      help="least share of rows whose predicted label must agree (default: 0.995)")
-    gate.add_argument("--max-logit-diff", type=float,
-                      help="also fail when any |logit difference| exceeds this (default: recorded only)")
-    gate.add_argument("--text-column", default="text")
-    gate.add_argument("--label-column", default="label")
+    add_options(parser, ExportConfig, title="export and parity gate")
+    add_data_options(parser, skip=("max_train_rows",))   # --data: its validation rows are the parity rows
     require(parser, "model", "out")
 
 
 def run(args) -> int:
-    from slimship.compress.export import ExportConfig, export
+    from slimship.compress.export import export
 
-    cfg = ExportConfig(optimize=args.optimize, opset=args.opset, min_agreement=args.min_agreement,
-                       max_logit_diff=args.max_logit_diff, parity_rows=args.parity_rows,
-                       text_column=args.text_column, label_column=args.label_column)
-    out = export(args.model, args.out, data=args.data, cfg=cfg)
+    out = export(args.model, args.out, optional_data_config(args), from_args(args, ExportConfig))
     from slimship.core import artifact
 
     m = artifact.load(out)

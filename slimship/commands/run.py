@@ -4,48 +4,47 @@ Each stage writes its own artifact under --out; rerunning skips every stage whos
 unchanged, so a crash or a late change never redoes training. Options can come from a YAML config with
 sections per stage (see configs/demo.yaml):
 
-  data: examples/sentiment        # top level: run options, and training options shared by every stage
+  data: examples/sentiment        # top level: options of every command that has them (data, training, ...)
   model: minilm
   max_length: 64
-  train:    {epochs: 3}           # TrainConfig fields for the teacher
-  compress: {grid: {layers: [3]}} # CompressConfig fields; grid: a mapping or a grid YAML file
+  train:    {epochs: 3}           # what `slimship train` takes: the teacher
+  compress: {grid: {layers: [3]}} # what `slimship compress` takes; grid: a mapping or a grid YAML file
 
 Examples:
   slimship run --config configs/demo.yaml --out runs/demo
   slimship run --data my_data/ --model minilm --max-accuracy-drop 0.5 --image
 """
 
-from slimship.commands import require
+from slimship.commands import add_data_options, require
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", help="labelled data (directory or file), as for train")
-    parser.add_argument("--model", default="minilm", help="pretrained model to fine-tune (default: minilm)")
-    parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
-                        help="accuracy points the compressed model may lose against the teacher (default: 1.0)")
-    parser.add_argument("--image", action="store_true", help="also build the container image")
-    parser.add_argument("--image-tag", help="image name:tag (default: derived from the bento)")
+    from slimship.compress.config import CompressConfig
+    from slimship.core.config import add_options
+    from slimship.pipeline import RunConfig
+
+    add_options(parser, RunConfig)
+    add_options(parser, CompressConfig, only=("max_accuracy_drop",))
+    add_data_options(parser)
     require(parser, "data")
 
 
 def run_config(args):
-    """RunConfig from the parsed options plus the YAML's stage sections (train:, compress:)."""
-    from dataclasses import fields
-
-    from slimship.core.config import load_yaml
+    """RunConfig: the train and compress stages get what `slimship train` / `slimship compress` would get from
+    the same config file, with this command line's options over it."""
+    from slimship.cli import command_args
+    from slimship.commands.compress import compress_config
+    from slimship.commands import data_config
+    from slimship.core.config import from_args
     from slimship.pipeline import RunConfig
-    from slimship.train.recipe import TrainConfig
+    from slimship.train.config import TrainConfig
 
-    train, compress = {}, {}
-    if args.config:
-        config = load_yaml(args.config)
-        train_fields = {f.name for f in fields(TrainConfig)}
-        train = {k.replace("-", "_"): v for k, v in config.items() if k.replace("-", "_") in train_fields}
-        train.update({k.replace("-", "_"): v for k, v in (config.get("train") or {}).items()})
-        compress = {k.replace("-", "_"): v for k, v in (config.get("compress") or {}).items()}
-    return RunConfig(data=args.data, model=args.model, out=args.out, max_accuracy_drop=args.max_accuracy_drop,
-                     image=args.image, image_tag=args.image_tag, train=train, compress=compress)
+    given = {dest: getattr(args, dest) for dest in args._given}
+    train_args = command_args("train", args._file_values, {"model": args.model, **given})
+    compress_args = command_args("compress", args._file_values, given)
+    compress_args.config = args.config
+    return from_args(args, RunConfig, data=data_config(train_args), train=from_args(train_args, TrainConfig),
+                     compress_data=data_config(compress_args), compress=compress_config(compress_args))
 
 
 def run(args) -> int:

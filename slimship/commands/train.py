@@ -8,23 +8,24 @@ Examples:
 Rows with an empty text are skipped and counted; any other bad row is an error naming its file and row.
 """
 
-from slimship.commands import add_data_arguments, add_training_arguments, require, train_config
+from slimship.commands import add_data_options, add_training_options, data_config, require
+from slimship.core.config import add_options
+from slimship.train.config import TrainConfig, TrainSource
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="minilm",
-                        help="'minilm' (all-MiniLM-L6-v2, bundled), 'tiny' (random 2-layer BERT for tests), "
-                             "a local checkpoint dir, or a hub id when online (default: minilm)")
+    add_options(parser, TrainSource)
     parser.add_argument("--out", help="artifact directory to write")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow custom model code from the checkpoint (off by default)")
-    add_data_arguments(parser)
-    add_training_arguments(parser)
+    add_data_options(parser)
+    add_training_options(parser)
     require(parser, "data", "out")
 
 
 def run(args) -> int:
+    from slimship.core.config import from_args
     from slimship.train.stage import train
 
-    train(args.model, args.data, args.out, train_config(args), trust_remote_code=args.trust_remote_code)
+    source = from_args(args, TrainSource)
+    train(source.model, args.out, data_config(args), from_args(args, TrainConfig),
+          trust_remote_code=source.trust_remote_code)
     return 0

@@ -19,41 +19,24 @@ Examples:
   slimship trim-vocab --model runs/student --data ../shared/datasets/sst2 --out runs/student-vocab --keep-top 20000
 """
 
-from slimship.commands import require
+from slimship.commands import add_data_options, data_config, require
+from slimship.compress.config import VocabConfig
+from slimship.core.config import add_options, from_args
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", help="PyTorch artifact directory (from train, distill or prune)")
-    parser.add_argument("--data", help="a directory with train/validation files, or one file to split: tokens are "
-                                       "counted on the training rows, accuracy is measured on validation")
     parser.add_argument("--out", help="PyTorch artifact directory to write")
-    parser.add_argument("--min-count", type=int, default=1,
-                        help="keep tokens seen at least N times in the training texts (default: 1)")
-    parser.add_argument("--keep-top", type=int, default=0, metavar="N",
-                        help="also keep the vocabulary's first N ids: in BERT-style vocabularies (MiniLM too) the "
-                        "pretraining corpus's most frequent pieces, so general words the training split lacks keep "
-                        "their embedding (default: 0, only the training data's tokens)")
-    parser.add_argument("--max-rows", type=int,
-                        help="count a deterministic sample of N training rows (default: every row)")
-    parser.add_argument("--max-eval-rows", type=int, help="measure accuracy on only the first N validation rows")
-    parser.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    parser.add_argument("--label-column", default="label", help="column holding the label (default: label)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1,
-                        help="share of a single data file held out for validation (default: 0.1)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(parser, VocabConfig, title="vocabulary")
+    add_data_options(parser)
     require(parser, "model", "data", "out")
 
 
 def run(args) -> int:
-    from slimship.compress.vocab import VocabConfig, trim_vocab
+    from slimship.compress.vocab import trim_vocab
     from slimship.core import artifact
 
-    cfg = VocabConfig(data=args.data, min_count=args.min_count, max_rows=args.max_rows, keep_top=args.keep_top,
-                      text_column=args.text_column, label_column=args.label_column,
-                      validation_fraction=args.validation_fraction, seed=args.seed,
-                      max_eval_rows=args.max_eval_rows, quiet=args.quiet)
-    out = trim_vocab(args.model, args.out, cfg)
+    out = trim_vocab(args.model, args.out, data_config(args), from_args(args, VocabConfig))
     m = artifact.load(out)
     v, before, after = m["vocab"], m["before"], m["after"]
     line = (f"trimmed {out}: vocab {v['size_before']:,} -> {v['size_after']:,} tokens "

@@ -1,6 +1,6 @@
 """The distill stage: knowledge distillation of a trained teacher artifact into a smaller student.
 
-    distill("runs/teacher", "data/", "runs/student", DistillConfig(layers=3)) -> Path("runs/student")
+    distill("runs/teacher", "runs/student", DataConfig("data/"), DistillConfig(layers=3)) -> Path("runs/student")
 
 The student is the teacher with only N of its layers kept (DistilBERT-style: embeddings, the kept layers, pooler
 and classifier copied), or a smaller model given with ``student`` (a config.json, a checkpoint dir or a built-in
@@ -30,37 +30,15 @@ import functools
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.compress.config import TEACHER_LOGITS, DistillConfig  # noqa: F401 (the stage's options)
+from slimship.core.config import DataConfig
 from slimship.train import recipe
 from slimship.train.recipe import TokenizedDataset, TrainConfig
-
-TEACHER_LOGITS = ("cache", "online")
-
-
-@dataclass
-class DistillConfig(TrainConfig):
-    layers: int | list[int] = 3          # keep N teacher layers evenly spaced, or an explicit list of indices
-    student: str | None = None           # or a smaller config/checkpoint dir instead of layer-dropping
-    temperature: float = 2.0
-    alpha: float = 0.5
-    hidden_weight: float = 0.0           # intermediate-layer (hidden-state MSE) loss weight
-    teacher_logits: str = "cache"        # "cache" or "online"
-
-    def check(self) -> None:
-        super().check()
-        if self.temperature <= 0:
-            raise UserError(f"--temperature must be positive, not {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"--alpha must be in [0, 1], not {self.alpha}")
-        if self.hidden_weight < 0:
-            raise UserError(f"--hidden-weight must be 0 or more, not {self.hidden_weight}")
-        if self.teacher_logits not in TEACHER_LOGITS:
-            raise UserError(f"--teacher-logits must be one of {', '.join(TEACHER_LOGITS)}, not {self.teacher_logits!r}")
 
 
 # --- the student -----------------------------------------------------------------------------------------------
@@ -254,7 +232,7 @@ def metric_delta(student: dict | None, teacher: dict | None) -> dict | None:
     return {k: student[k] - teacher[k] for k in ("accuracy", "macro_f1")}
 
 
-def distill(teacher_dir, data, out, cfg: DistillConfig) -> Path:
+def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     from slimship.compress.profile import model_profile, weights_size
     from slimship.train.artifacts import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
 
@@ -264,7 +242,7 @@ def distill(teacher_dir, data, out, cfg: DistillConfig) -> Path:
     labels = teacher_manifest["labels"]
     amp = recipe.resolve_amp(cfg.amp)
     stage_log(f"AMP mode: {amp} (asked: {cfg.amp})")
-    loaded = load_stage_data(data, cfg, labels=labels)
+    loaded = load_stage_data(data, labels=labels)
 
     teacher_layers = teacher.config.num_hidden_layers
     if cfg.student:
@@ -307,7 +285,7 @@ def distill(teacher_dir, data, out, cfg: DistillConfig) -> Path:
         teacher_profile = model_profile(teacher, cfg.max_length)
         student_profile = model_profile(student, cfg.max_length)
         delta = metric_delta(_summary(metrics.get("validation")), _summary(teacher_metrics.get("validation")))
-        config = {"teacher": str(teacher_dir), "data": str(data), **cfg.as_dict()}
+        config = {"teacher": str(teacher_dir), **data.options(), **cfg.as_dict()}
         with artifact.create(out, "distill", format="pytorch", parent=teacher_dir, config=config) as art:
             save_model_artifact(art, student, tokenizer)
             art.manifest.update(

@@ -1,6 +1,6 @@
 """Export a PyTorch artifact to a verified ONNX artifact.
 
-    export("runs/student", "runs/student-onnx", optimize="none", data="data/") -> Path("runs/student-onnx")
+    export("runs/student", "runs/student-onnx", DataConfig("data/"), ExportConfig()) -> Path("runs/student-onnx")
 
 The graph comes from optimum-onnx's TorchScript exporter (dynamic batch and sequence axes; torch 2.13's default
 dynamo exporter writes external data and defeats ONNX Runtime's fusions). ``optimize`` O1/O2/O3 runs ONNX
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ import numpy as np
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.core.config import DataConfig
+from slimship.compress.config import OPTIMIZE_LEVELS, ExportConfig  # noqa: F401 (the stage's options)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3")
@@ -51,42 +53,25 @@ class ParityError(UserError):
     """The ONNX graph does not reproduce the PyTorch model closely enough."""
 
 
-@dataclass
-class ExportConfig:
-    optimize: str = "none"          # none | O1 | O2 | O3 (ONNX Runtime transformer optimizer)
-    opset: int | None = None        # None: optimum's default for the architecture
-    min_agreement: float = 0.995    # share of parity rows whose argmax must agree
-    max_logit_diff: float | None = None  # optional extra gate on max |logit difference|
-    parity_rows: int | None = None  # None: every validation row
-    text_column: str = "text"
-    label_column: str = "label"
-    batch_size: int = 64
-
-    def check(self) -> None:
-        if self.optimize not in OPTIMIZE_LEVELS:
-            raise UserError(f"--optimize must be one of {', '.join(OPTIMIZE_LEVELS)}, not {self.optimize!r}")
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise UserError("--min-agreement must be between 0 and 1")
-        if self.parity_rows is not None and self.parity_rows < 1:
-            raise UserError("--parity-rows must be at least 1")
-
-
-def parity_rows(source: dict[str, Any], data: str | Path | None, cfg: ExportConfig) -> tuple[list[str], list[int] | None, str]:
+def parity_rows(source: dict[str, Any], data: DataConfig | None) -> tuple[list[str], list[int] | None, str]:
     """(texts, labels or None, where they came from) for the parity check."""
     from slimship.core.data import load_data
 
-    if data is None:
-        data = (source.get("config") or {}).get("data")
-        if data is not None and not Path(data).exists():
-            data = None
+    if data is None or not data.path:
+        recorded = source.get("config") or {}
+        path = recorded.get("data")
+        data = DataConfig(path, text_column=recorded.get("text_column", "text"),
+                          label_column=recorded.get("label_column", "label")) \
+            if isinstance(path, str) and Path(path).exists() else None
     if data is None:
         return list(PROBE_SENTENCES), None, "built-in probe sentences"
-    loaded = load_data(data, text_column=cfg.text_column, label_column=cfg.label_column, labels=source["labels"],
+    loaded = load_data(data.path, text_column=data.text_column, label_column=data.label_column,
+                       labels=source["labels"], validation_fraction=data.validation_fraction, seed=data.split_seed,
                        splits=("validation",))
     split = loaded.splits.get("validation")
     if split is None or not split.texts:
-        raise UserError(f"{data}: no validation rows for the parity check")
-    n = cfg.parity_rows or len(split.texts)
+        raise UserError(f"{data.path}: no validation rows for the parity check")
+    n = data.max_eval_rows or len(split.texts)
     return split.texts[:n], split.labels[:n], f"{split.source} (validation, {min(n, len(split.texts))} rows)"
 
 
@@ -131,8 +116,8 @@ def fused_operators(model_file: Path) -> dict[str, int]:
     return counts
 
 
-def export(model_dir: str | Path, out: str | Path, opset: int | None = None, *, optimize: str = "none",
-           data: str | Path | None = None, cfg: ExportConfig | None = None) -> Path:
+def export(model_dir: str | Path, out: str | Path, data: DataConfig | None = None,
+           cfg: ExportConfig | None = None) -> Path:
     """PyTorch artifact -> ONNX artifact, refused unless it passes the parity gate."""
     from optimum.exporters.onnx import main_export
 
@@ -140,14 +125,14 @@ def export(model_dir: str | Path, out: str | Path, opset: int | None = None, *, 
     from slimship.core.metrics import classification_metrics
     from slimship.train.artifacts import load_pytorch_artifact, predict_logits
 
-    cfg = cfg or ExportConfig(optimize=optimize, opset=opset)
+    cfg = cfg or ExportConfig()
     cfg.check()
     model_dir, out = Path(model_dir), Path(out)
     source, model, tokenizer = load_pytorch_artifact(model_dir)
     texts, labels, rows_from = parity_rows(source, data, cfg)
     stage_log(f"export {model_dir} -> ONNX (optimize {cfg.optimize}); parity on {rows_from}")
 
-    config = {**asdict(cfg), "data": None if data is None else str(data)}
+    config = {**asdict(cfg), **(data or DataConfig()).options()}
     with artifact.create(out, "export", format="onnx", parent=model_dir, config=config) as art:
         with tempfile.TemporaryDirectory() as tmp:
             main_export(str(model_dir), output=tmp, task="text-classification", opset=cfg.opset,

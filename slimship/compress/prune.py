@@ -1,6 +1,6 @@
 """The prune stage: structured pruning of attention heads, FFN channels and the hidden size, then recovery.
 
-    prune("runs/student", "data/", "runs/pruned", PruneConfig(heads=1/3, ffn=0.5)) -> Path("runs/pruned")
+    prune("runs/student", "runs/pruned", DataConfig("data/"), PruneConfig(heads=1/3, ffn=0.5)) -> Path("runs/pruned")
 
 torch-pruning's dependency graph finds everything that must shrink together with a channel (query/key/value
 with the attention output, the residual stream through every LayerNorm, the pooler, ...). We pick the channels
@@ -15,7 +15,7 @@ ourselves, uniformly per layer, so the result is still an ordinary BERT that a p
 
 Importance is magnitude (L2 of the weights touching a channel) or first-order Taylor (|w * dL/dw|, gradients
 from a few training batches). With ``steps`` > 1 the ratios are reached in K equal steps, with recovery
-fine-tuning after each (knowledge distillation from ``teacher_dir`` when given, else plain fine-tuning).
+fine-tuning after each (knowledge distillation from ``cfg.teacher`` when given, else plain fine-tuning).
 
 Resumable: each step's pruned and recovered models are saved in the work dir; ``resume`` continues from there.
 """
@@ -26,50 +26,18 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
-from slimship.train.recipe import TrainConfig
-
-IMPORTANCE = ("taylor", "magnitude")
-
-
-@dataclass
-class PruneConfig(TrainConfig):
-    heads: float = 0.0              # fraction of attention heads removed per layer
-    ffn: float = 0.0                # fraction of FFN intermediate channels removed per layer
-    hidden: float = 0.0             # fraction of the hidden size removed (in whole multiples of head_dim)
-    importance: str = "taylor"      # or "magnitude"
-    steps: int = 1                  # iterative pruning in K steps, recovery after each
-    recovery_epochs: float = 1.0    # fine-tuning epochs in all, shared evenly by the steps; 0 for none
-    importance_batches: int = 8     # training batches whose gradients give the Taylor importance
-    temperature: float = 2.0        # knowledge distillation during recovery, when a teacher is given
-    alpha: float = 0.5
-
-    def check(self) -> None:
-        # The shared checks, except --epochs: recovery runs for recovery_epochs instead.
-        TrainConfig.check(replace(self, epochs=1.0, max_steps=-1))
-        for name in ("heads", "ffn", "hidden"):
-            ratio = getattr(self, name)
-            if not 0.0 <= ratio < 1.0:
-                raise UserError(f"--{name} must be a fraction in [0, 1), not {ratio}")
-        if not (self.heads or self.ffn or self.hidden):
-            raise UserError("nothing to prune: give at least one of --heads, --ffn, --hidden above 0")
-        if self.importance not in IMPORTANCE:
-            raise UserError(f"--importance must be one of {', '.join(IMPORTANCE)}, not {self.importance!r}")
-        if self.steps < 1:
-            raise UserError("--steps must be at least 1")
-        if self.recovery_epochs < 0:
-            raise UserError("--recovery-epochs must be 0 (no recovery) or more")
-        if self.importance_batches < 1:
-            raise UserError("--importance-batches must be at least 1")
+from slimship.compress.config import IMPORTANCE, PruneConfig  # noqa: F401 (the stage's options)
+from slimship.core.config import DataConfig
 
 
-# --- the shape of a BERT-style encoder ----------------------------------------------------------------------
+# --- the shape of an encoder, read through its family (slimship/train/families.py) ----------------------------
 
 
 def encoder_layers(model) -> list:
@@ -289,7 +257,7 @@ def _load_model(path: Path):
     return AutoModelForSequenceClassification.from_pretrained(str(path))
 
 
-def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
+def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     """Prune a PyTorch artifact's model in ``cfg.steps`` steps with recovery, and write a PyTorch artifact."""
     from slimship.compress.distill import distill_trainer_class, kd_train_set, metric_delta
     from slimship.compress.profile import example_inputs, model_profile, weights_size
@@ -298,7 +266,7 @@ def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     from slimship.train.artifacts import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
 
     cfg.check()
-    out = Path(out)
+    out, teacher_dir = Path(out), cfg.teacher
     source, model, tokenizer = load_pytorch_artifact(model_dir)
     labels = source["labels"]
     teacher = None
@@ -310,7 +278,7 @@ def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     start_shape = Shape.of(model)
     removals = step_removals(plan(start_shape, cfg), cfg.steps, start_shape.head_dim)
     amp = recipe.resolve_amp(cfg.amp) if cfg.recovery_epochs > 0 else "off"
-    loaded = load_stage_data(data, cfg, labels=labels)
+    loaded = load_stage_data(data, labels=labels)
     train_split = loaded.splits["train"]
     val = loaded.splits.get("validation")
 
@@ -328,7 +296,7 @@ def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     recovery_cfg = None
     train_set = eval_set = None
     if cfg.recovery_epochs > 0:
-        recovery_cfg = replace(cfg, epochs=cfg.recovery_epochs / cfg.steps, max_steps=-1)
+        recovery_cfg = cfg.recovery_config()
         if teacher is not None:  # the teacher's logits, cached once for every step's recovery
             train_set, _ = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, "cache")
         else:
@@ -380,7 +348,7 @@ def prune(model_dir, data, out, cfg: PruneConfig, teacher_dir=None) -> Path:
     reload_diff = reload_difference(model, probe)
     if reload_diff > 1e-4:
         raise RuntimeError(f"the pruned model does not reload faithfully (max |logit diff| {reload_diff})")
-    config = {"model": str(model_dir), "data": str(data), "teacher": str(teacher_dir) if teacher_dir else None,
+    config = {"model": str(model_dir), **data.options(), "teacher": str(teacher_dir) if teacher_dir else None,
               **cfg.as_dict()}
     with artifact.create(out, "prune", format="pytorch", parent=model_dir, config=config) as art:
         save_model_artifact(art, model, tokenizer)

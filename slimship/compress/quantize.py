@@ -1,6 +1,6 @@
 """INT8 quantization of an ONNX artifact: dynamic (weights int8, activations at run time) or static (QDQ).
 
-    quantize("runs/student-onnx", "runs/student-int8", QuantizeConfig(mode="dynamic", data="data/"))
+    quantize("runs/student-onnx", "runs/student-int8", DataConfig("data/"), QuantizeConfig(mode="dynamic"))
 
 The instruction-set preset (avx512_vnni, avx2, arm64) is picked from the CPU and recorded: it decides the
 weight/activation integer types exactly as optimum's ``AutoQuantizationConfig`` presets do. The quantizer itself
@@ -25,7 +25,7 @@ import platform
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,45 +34,10 @@ import numpy as np
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.core.config import DataConfig
 
-MODES = ("dynamic", "static")
-METHODS = ("minmax", "entropy", "percentile")
-PRESETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
-EMBEDDING_BITS = (8, 4)
-
-
-@dataclass
-class QuantizeConfig:
-    mode: str = "dynamic"
-    per_channel: bool = False
-    calibration: int = 128          # training rows for static calibration
-    method: str = "minmax"          # static calibration method
-    preset: str = "auto"            # instruction-set preset; auto = from this CPU
-    data: str | None = None         # training rows (static) and validation rows (accuracy before/after)
-    text_column: str = "text"
-    label_column: str = "label"
-    max_eval_rows: int | None = None
-    seed: int = 42
-    embedding_bits: int = 8         # 4: word embeddings block-wise in 4 bits, the rest INT8
-    embedding_block_size: int = 128  # values of an embedding row that share one 4-bit scale and zero point
-
-    def check(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.method not in METHODS:
-            raise UserError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.preset not in PRESETS:
-            raise UserError(f"--preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
-        if self.mode == "static" and not self.data:
-            raise UserError("--mode static needs --data: calibration runs on training rows")
-        if self.calibration < 1:
-            raise UserError("--calibration must be at least 1 row")
-        if self.embedding_bits not in EMBEDDING_BITS:
-            raise UserError(f"--embedding-bits must be one of {', '.join(map(str, EMBEDDING_BITS))}, "
-                            f"not {self.embedding_bits!r}")
-        size = self.embedding_block_size
-        if size < 16 or size & (size - 1):  # GatherBlockQuantized's own constraint
-            raise UserError(f"--embedding-block-size must be a power of two of at least 16, not {size!r}")
+from slimship.compress.config import (EMBEDDING_BITS, METHODS, MODES, PRESETS,  # noqa: F401 (the stage's options)
+                                      QuantizeConfig)
 
 
 def cpu_preset() -> str:
@@ -126,27 +91,29 @@ class TokenizedRows:
         self.position = 0
 
 
-def _calibration_texts(cfg: QuantizeConfig, labels: list[str]) -> list[str]:
+def _calibration_texts(data: DataConfig, cfg: QuantizeConfig, labels: list[str]) -> list[str]:
     import random
 
     from slimship.core.data import load_data
 
-    train = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
-                      splits=("train",)).splits["train"]
+    train = load_data(data.path, text_column=data.text_column, label_column=data.label_column, labels=labels,
+                      validation_fraction=data.validation_fraction, seed=data.split_seed,
+                      max_train_rows=data.max_train_rows, splits=("train",)).splits["train"]
     rng = random.Random(cfg.seed)
     return rng.sample(train.texts, min(cfg.calibration, len(train.texts)))
 
 
-def _validation(cfg: QuantizeConfig, labels: list[str]):
+def _validation(data: DataConfig | None, labels: list[str]):
     from slimship.core.data import load_data
 
-    if not cfg.data:
+    if data is None or not data.path:
         return None
-    split = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
+    split = load_data(data.path, text_column=data.text_column, label_column=data.label_column, labels=labels,
+                      validation_fraction=data.validation_fraction, seed=data.split_seed,
                       splits=("validation",)).splits.get("validation")
     if split is None:
         return None
-    return split.texts[:cfg.max_eval_rows], split.labels[:cfg.max_eval_rows]
+    return split.texts[:data.max_eval_rows], split.labels[:data.max_eval_rows]
 
 
 def _input_names(model_file: Path) -> list[str]:
@@ -233,7 +200,7 @@ def quantize_word_embeddings(src_model: Path, target: Path, block_size: int) -> 
             "embedding_shape": [int(rows), int(width)]}
 
 
-def quantize(onnx_dir: str | Path, out: str | Path, cfg: QuantizeConfig) -> Path:
+def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg: QuantizeConfig) -> Path:
     """ONNX artifact -> INT8 ONNX artifact, with accuracy and size before and after."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
@@ -243,6 +210,8 @@ def quantize(onnx_dir: str | Path, out: str | Path, cfg: QuantizeConfig) -> Path
     from slimship.core.metrics import classification_metrics
 
     cfg.check()
+    if cfg.mode == "static" and (data is None or not data.path):
+        raise UserError("--mode static needs --data: calibration runs on training rows")
     onnx_dir, out = Path(onnx_dir), Path(out)
     source = artifact.load(onnx_dir, format="onnx")
     if source.get("quantization"):
@@ -259,13 +228,13 @@ def quantize(onnx_dir: str | Path, out: str | Path, cfg: QuantizeConfig) -> Path
               + (f", word embeddings 4-bit (blocks of {cfg.embedding_block_size})" if cfg.embedding_bits == 4
                  else ""))
 
-    validation = _validation(cfg, source["labels"])
+    validation = _validation(data, source["labels"])
     before_logits = artifact_logits(onnx_dir, validation[0]) if validation else None
 
     # Fused contrib ops (Attention, SkipLayerNormalization) carry no type information the quantizer can read.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": settings["weights_symmetric"],
              "ActivationSymmetric": settings["activations_symmetric"]}
-    config = {**asdict(cfg), "preset": preset}
+    config = {**asdict(cfg), **(data or DataConfig()).options(), "preset": preset}
     with artifact.create(out, "quantize", format="onnx", parent=onnx_dir, config=config) as art:
         with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
             target = art.dir / "model.onnx"
@@ -279,7 +248,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, cfg: QuantizeConfig) -> Path
                                  per_channel=cfg.per_channel, reduce_range=settings["reduce_range"],
                                  weight_type=settings["weight_type"], extra_options=extra)
             else:
-                texts = _calibration_texts(cfg, source["labels"])
+                texts = _calibration_texts(data, cfg, source["labels"])
                 reader = TokenizedRows(onnx_dir, texts, source["max_length"], _input_names(src_model))
                 method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[cfg.method]

@@ -1,6 +1,6 @@
 """Budgeted compression: the fastest model within X accuracy points of the teacher, searched over the chain.
 
-    compress("runs/teacher", "data/", "runs/compressed", CompressConfig(max_accuracy_drop=1.0)) -> Path
+    compress("runs/teacher", "runs/compressed", DataConfig("data/"), CompressConfig(max_accuracy_drop=1.0)) -> Path
 
 The grid is a tree. From the teacher: distil a student per depth in ``layers``; prune each student per entry
 in ``prune`` (with KD from the teacher during recovery); with ``vocab`` listing ``train``, trim the vocabulary
@@ -19,117 +19,21 @@ reuses what is finished, and a crashed training stage resumes from its own check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import ArtifactError, stage_log
-from slimship.train.recipe import TrainConfig
-
-OBJECTIVES = ("throughput", "latency")
-QUANTIZE_MODES = ("none", "dynamic", "static")
-VOCAB_MODES = ("full", "train")     # full: the model's own vocabulary; train: only the training data's tokens
-
+from slimship.compress.config import (DistillConfig, ExportConfig, PruneConfig, QuantizeConfig, VocabConfig,
+                                      CompressConfig, Grid, grid_from_dict, load_grid)  # noqa: F401 (re-exported)
+from slimship.core.config import DataConfig, content_key
 
 class BudgetNotMet(UserError):
     """No candidate stays within the accuracy budget (the report is still written)."""
-
-
-@dataclass
-class Grid:
-    """What to try. Every list is a grid axis; ``distill`` / ``prune_options`` override stage options."""
-
-    layers: list[int] = field(default_factory=lambda: [3])
-    prune: list[dict] = field(default_factory=lambda: [{}, {"heads": 0.5, "ffn": 0.5}])
-    optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
-    quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
-    embedding_bits: list[int] = field(default_factory=lambda: [8])  # 4: word embeddings in 4 bits (smaller file)
-    vocab: list[str] = field(default_factory=lambda: ["full"])  # train: also a trimmed-vocabulary variant
-    include_teacher: bool = True        # the teacher itself (exported, quantized) is a candidate too
-    distill: dict = field(default_factory=dict)         # DistillConfig fields, e.g. {epochs: 3, alpha: 0.5}
-    prune_options: dict = field(default_factory=dict)   # PruneConfig fields, e.g. {recovery_epochs: 1}
-    vocab_options: dict = field(default_factory=dict)   # VocabConfig fields, e.g. {min_count: 2}
-
-    def check(self, source: str = "grid") -> None:
-        from slimship.compress.export import OPTIMIZE_LEVELS
-
-        if any(not isinstance(n, int) or n < 1 for n in self.layers):
-            raise UserError(f"{source}: layers must be positive integers, not {self.layers}")
-        for entry in self.prune:
-            if not isinstance(entry, dict) or set(entry) - {"heads", "ffn", "hidden"}:
-                raise UserError(f"{source}: each prune entry is a mapping of heads/ffn/hidden ratios, not {entry!r}")
-            for key, value in entry.items():
-                if not isinstance(value, (int, float)) or not 0 <= value < 1:
-                    raise UserError(f"{source}: prune ratio {key}={value!r} must be in [0, 1)")
-        for level in self.optimize:
-            if level not in OPTIMIZE_LEVELS:
-                raise UserError(f"{source}: optimize {level!r} is not one of {', '.join(OPTIMIZE_LEVELS)}")
-        for mode in self.quantize:
-            if mode not in QUANTIZE_MODES:
-                raise UserError(f"{source}: quantize {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
-        from slimship.compress.quantize import EMBEDDING_BITS
-
-        if not self.embedding_bits or any(b not in EMBEDDING_BITS for b in self.embedding_bits):
-            raise UserError(f"{source}: embedding_bits entries must be one of {EMBEDDING_BITS}, "
-                            f"not {self.embedding_bits}")
-        if not self.vocab or any(v not in VOCAB_MODES for v in self.vocab) or len(set(self.vocab)) < len(self.vocab):
-            raise UserError(f"{source}: vocab entries must be distinct values of {', '.join(VOCAB_MODES)}, "
-                            f"not {self.vocab}")
-        from slimship.compress.vocab import GRID_OPTIONS
-
-        if not isinstance(self.vocab_options, dict) or set(self.vocab_options) - set(GRID_OPTIONS):
-            raise UserError(f"{source}: vocab_options takes {', '.join(GRID_OPTIONS)}, not {self.vocab_options!r}")
-        if not self.optimize or not self.quantize:
-            raise UserError(f"{source}: optimize and quantize need at least one entry each")
-        if not self.layers and not self.include_teacher and not any(any(e.values()) for e in self.prune):
-            raise UserError(f"{source}: nothing to search (no layers, no pruning and include_teacher is false)")
-
-
-def load_grid(path: str | Path) -> Grid:
-    from slimship.core.config import load_yaml
-
-    return grid_from_dict(load_yaml(path), str(path))
-
-
-def grid_from_dict(values: dict[str, Any], source: str = "grid") -> Grid:
-    if not isinstance(values, dict):
-        raise UserError(f"{source}: the grid must be a mapping (layers, prune, optimize, quantize, ...)")
-    known = {f.name for f in fields(Grid)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{source}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    grid = Grid(**{k: v for k, v in values.items() if v is not None})
-    grid.prune = [entry or {} for entry in grid.prune]
-    grid.check(source)
-    return grid
-
-
-@dataclass
-class CompressConfig:
-    max_accuracy_drop: float = 1.0          # accuracy points below the teacher, on the validation split
-    max_model_mb: float | None = None       # and a model file of at most this many MB (None: any size)
-    objective: str = "throughput"           # throughput: batch-32 rows/s; latency: batch-1 p50
-    grid: Grid = field(default_factory=Grid)
-    train: TrainConfig = field(default_factory=TrainConfig)   # base options of the distill / prune stages
-    threads: int | None = None              # ONNX Runtime threads for measuring; None: every usable core
-    calibration: int = 128                  # training rows for static quantization
-    latency_rows: int = 200
-    throughput_rows: int = 512
-
-    def check(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
-        if self.max_accuracy_drop < 0:
-            raise UserError("--max-accuracy-drop must be 0 or more (accuracy points)")
-        if self.max_model_mb is not None and not self.max_model_mb > 0:
-            raise UserError(f"--max-model-mb must be a positive number of MB, not {self.max_model_mb!r}")
-        self.grid.check()
-        self.train.check()
 
 
 @dataclass
@@ -192,9 +96,41 @@ def candidates(nodes: list[Node], grid: Grid) -> list[Node]:
 
 
 class Search:
-    def __init__(self, teacher_dir: Path, data: str | Path, out: Path, cfg: CompressConfig):
-        self.teacher_dir, self.data, self.out, self.cfg = teacher_dir, data, out, cfg
+    def __init__(self, teacher_dir: Path, out: Path, data: DataConfig, cfg: CompressConfig):
+        self.teacher_dir, self.out, self.data, self.cfg = teacher_dir, out, data, cfg
         self.dirs: dict[str, Path] = {}
+        self.fingerprints: dict[str, str] = {}
+
+    def fingerprint(self, data: DataConfig) -> str:
+        """The data's content digest (once per distinct data settings: hashing the files takes a moment)."""
+        settings = json.dumps(data.options(), sort_keys=True, default=str)
+        if settings not in self.fingerprints:
+            self.fingerprints[settings] = data.fingerprint()
+        return self.fingerprints[settings]
+
+    def settings(self, node: Node) -> tuple[DataConfig, Any]:
+        """The data and the options a node's stage runs with: the run's, the grid's overrides, the node's own."""
+        t, grid = self.cfg.train, self.cfg.grid
+        overrides = {"distill": grid.distill, "prune": grid.prune_options, "vocab": grid.vocab_options}.get(node.stage, {})
+        data_keys = {f.name for f in fields(DataConfig)} - {"path"}
+        data_over = {k: v for k, v in overrides.items() if k in data_keys}
+        own = {k: v for k, v in overrides.items() if k not in data_keys}
+        data = replace(self.data, **data_over)
+        if node.stage == "distill":
+            return data, DistillConfig(**{**t.as_dict(), **own, **node.options})
+        if node.stage == "prune":
+            base = {f.name: getattr(t, f.name) for f in fields(PruneConfig) if hasattr(t, f.name)}
+            return data, PruneConfig(**{**base, **own, **node.options, "teacher": str(self.teacher_dir)})
+        if node.stage == "vocab":    # every training row is counted unless the grid says otherwise
+            data = replace(self.data, max_train_rows=None, **data_over)
+            return data, VocabConfig(**{"eval_batch_size": t.eval_batch_size, "quiet": t.quiet, **own})
+        if node.stage == "export":
+            return data, ExportConfig(optimize=node.options["optimize"])
+        if node.stage == "quantize":  # calibration rows are drawn from every training row
+            return replace(data, max_train_rows=None), QuantizeConfig(
+                mode=node.options["mode"], embedding_bits=node.options.get("embedding_bits", 8),
+                calibration=self.cfg.calibration, seed=t.seed)
+        raise ValueError(f"no stage settings for {node.stage!r}")
 
     def path(self, node: Node) -> Path:
         return self.teacher_dir if node.stage == "teacher" else self.out / "candidates" / node.name
@@ -207,20 +143,11 @@ class Search:
         """
         if node.stage == "teacher":
             return artifact.manifest_digest(self.teacher_dir)
-        train = {k: v for k, v in self.cfg.train.as_dict().items() if k not in ("quiet", "resume")}
-        spec = {"stage": node.stage, "options": node.options, "parent": self.key(node.parent),
-                "data": str(Path(self.data).absolute())}
-        if node.stage == "distill":
-            spec.update(train=train, overrides=self.cfg.grid.distill)
-        elif node.stage == "prune":
-            spec.update(train=train, overrides=self.cfg.grid.prune_options)
-        elif node.stage == "vocab":
-            spec.update(vocab={k: v for k, v in asdict(self.vocab_config()).items() if k != "quiet"})
-        elif node.stage == "quantize":
-            spec.update(calibration=self.cfg.calibration, rows=train["max_eval_rows"], seed=train["seed"])
-        else:
-            spec.update(rows=train["max_eval_rows"])
-        return hashlib.sha256(json.dumps(_numbers_as_floats(spec), sort_keys=True, default=str).encode()).hexdigest()
+        data, cfg = self.settings(node)
+        # Contents, not paths: the data files' digests, the parent's key (down to the teacher's manifest digest).
+        options = {k: v for k, v in asdict(cfg).items() if k not in ("quiet", "resume", "teacher")}
+        return content_key({"stage": node.stage, "options": node.options, "parent": self.key(node.parent),
+                            "data": self.fingerprint(data), "config": options})
 
     def finished(self, node: Node) -> bool:
         """A verified artifact made from the same inputs is already there."""
@@ -249,51 +176,32 @@ class Search:
             shutil.rmtree(work_dir_for(path), ignore_errors=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             started.write_text(self.key(node) + "\n")
-        train_opts = {**self.cfg.train.as_dict(), "resume": same_inputs}
+        data, cfg = self.settings(node)
+        if hasattr(cfg, "resume"):
+            cfg.resume = same_inputs
         if node.stage == "distill":
-            from slimship.compress.distill import DistillConfig, distill
+            from slimship.compress.distill import distill
 
-            distill(self.teacher_dir, self.data, path,
-                    DistillConfig.from_dict({**train_opts, **self.cfg.grid.distill, **node.options}))
+            distill(self.teacher_dir, path, data, cfg)
         elif node.stage == "prune":
-            from slimship.compress.prune import PruneConfig, prune
+            from slimship.compress.prune import prune
 
-            prune(parent, self.data, path,
-                  PruneConfig.from_dict({**train_opts, **self.cfg.grid.prune_options, **node.options}),
-                  teacher_dir=self.teacher_dir)
+            prune(parent, path, data, cfg)
         elif node.stage == "vocab":
             from slimship.compress.vocab import trim_vocab
 
-            trim_vocab(parent, path, self.vocab_config())
+            trim_vocab(parent, path, data, cfg)
         elif node.stage == "export":
-            from slimship.compress.export import ExportConfig, export
+            from slimship.compress.export import export
 
-            t = self.cfg.train
-            export(parent, path, data=self.data,
-                   cfg=ExportConfig(optimize=node.options["optimize"], parity_rows=t.max_eval_rows,
-                                    text_column=t.text_column, label_column=t.label_column))
+            export(parent, path, data, cfg)
         elif node.stage == "quantize":
-            from slimship.compress.quantize import QuantizeConfig, quantize
+            from slimship.compress.quantize import quantize
 
-            t = self.cfg.train
-            quantize(parent, path, QuantizeConfig(mode=node.options["mode"], data=str(self.data),
-                                                  embedding_bits=node.options.get("embedding_bits", 8),
-                                                  calibration=self.cfg.calibration, text_column=t.text_column,
-                                                  label_column=t.label_column, max_eval_rows=t.max_eval_rows,
-                                                  seed=t.seed))
+            quantize(parent, path, data, cfg)
         # Beside the manifest (not among its files): the artifact's digests stay valid.
         (path / "search-key.json").write_text(json.dumps({"key": self.key(node)}) + "\n")
         return path
-
-    def vocab_config(self):
-        """The vocab stage's options: the run's data settings, every training row counted, grid overrides."""
-        from slimship.compress.vocab import VocabConfig
-
-        t = self.cfg.train
-        return VocabConfig(**{"data": str(self.data), "text_column": t.text_column, "label_column": t.label_column,
-                              "validation_fraction": t.validation_fraction, "seed": t.seed,
-                              "max_eval_rows": t.max_eval_rows, "eval_batch_size": t.eval_batch_size,
-                              "quiet": t.quiet, **self.cfg.grid.vocab_options})
 
     def profile(self, node: Node) -> dict[str, Any]:
         """Parameters and MACs of the PyTorch model behind a node (cached beside its artifact)."""
@@ -340,17 +248,6 @@ class Search:
         return result
 
 
-def _numbers_as_floats(value: Any) -> Any:
-    """1 and 1.0 are the same option value (the CLI gives floats, a YAML file or Python may give ints)."""
-    if isinstance(value, dict):
-        return {k: _numbers_as_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_numbers_as_floats(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
 def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict[str, Any]:
     path = search.path(node)
     manifest = artifact.load(path, verify=False)
@@ -368,7 +265,7 @@ def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict
     return row
 
 
-def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: CompressConfig) -> Path:
+def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: CompressConfig) -> Path:
     """Search the grid, write the report and the chosen ONNX artifact at out/model; returns out."""
     from tqdm.auto import tqdm
 
@@ -383,12 +280,12 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     teacher = artifact.load(teacher_dir, format="pytorch")
     cfg.threads = cfg.threads or default_threads()
     t = cfg.train
-    split = load_data(data, text_column=t.text_column, label_column=t.label_column, labels=teacher["labels"],
-                      validation_fraction=t.validation_fraction, seed=t.seed,
+    split = load_data(data.path, text_column=data.text_column, label_column=data.label_column,
+                      labels=teacher["labels"], validation_fraction=data.validation_fraction, seed=data.split_seed,
                       splits=("validation",)).splits.get("validation")
     if split is None:
-        raise UserError(f"{data}: compress needs validation rows to hold the accuracy budget to")
-    texts, labels = split.texts[:t.max_eval_rows], split.labels[:t.max_eval_rows]
+        raise UserError(f"{data.path}: compress needs validation rows to hold the accuracy budget to")
+    texts, labels = split.texts[:data.max_eval_rows], split.labels[:data.max_eval_rows]
 
     teacher_layers = int(json.loads((teacher_dir / "config.json").read_text()).get("num_hidden_layers", 0))
     nodes = plan(teacher_layers, cfg.grid)
@@ -396,7 +293,7 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     if not measured_nodes:
         raise UserError("the grid yields no ONNX candidate to measure (check layers, prune and include_teacher)")
     out.mkdir(parents=True, exist_ok=True)
-    search = Search(teacher_dir, data, out, cfg)
+    search = Search(teacher_dir, out, data, cfg)
     stage_log(f"compress {teacher_dir}: {len(nodes) - 1} stages, {len(measured_nodes)} candidates, budget "
               f"{cfg.max_accuracy_drop:g} points" + (f" and {cfg.max_model_mb:g} MB" if cfg.max_model_mb else "")
               + f", objective {cfg.objective}, {cfg.threads} threads")
@@ -405,7 +302,7 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     from slimship.compress.evaluate import artifact_logits
 
     teacher_cache = out / "candidates" / "teacher.metrics.json"
-    teacher_key = {"teacher": artifact.manifest_digest(teacher_dir), "data": str(Path(data).absolute()),
+    teacher_key = {"teacher": artifact.manifest_digest(teacher_dir), "data": search.fingerprint(data),
                    "rows": len(texts)}
     cached = json.loads(teacher_cache.read_text()) if teacher_cache.is_file() else {}
     if cached.get("key") == teacher_key:
@@ -452,7 +349,7 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
 
     chosen = choose(rows, cfg)
     report = {
-        "kind": "compress", "teacher": str(teacher_dir), "data": str(data), "validation_rows": len(texts),
+        "kind": "compress", "teacher": str(teacher_dir), "data": data.path, "validation_rows": len(texts),
         "teacher_accuracy": teacher_metrics["accuracy"],
         "budget": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "objective": cfg.objective,
                    **({"max_model_mb": cfg.max_model_mb} if cfg.max_model_mb else {})},
@@ -476,7 +373,7 @@ def compress(teacher_dir: str | Path, data: str | Path, out: str | Path, cfg: Co
     chosen_dir = Path(chosen["path"])
     source = artifact.load(chosen_dir, format="onnx")
     with artifact.create(out / "model", "compress", format="onnx", parent=chosen_dir,
-                         config={"teacher": str(teacher_dir), "data": str(data), **report["budget"]}) as art:
+                         config={"teacher": str(teacher_dir), **data.options(), **report["budget"]}) as art:
         for name in source["files"]:
             shutil.copy(chosen_dir / name, art.dir / name)
         for key in ("parity", "quantization", "optimize", "file_mb"):

@@ -1,6 +1,6 @@
 """The vocab stage: keep only the tokens the training data uses, and the word-embedding rows behind them.
 
-    trim_vocab("runs/pruned", "runs/pruned-vocab", VocabConfig(data="data/")) -> Path("runs/pruned-vocab")
+    trim_vocab("runs/pruned", "runs/pruned-vocab", DataConfig("data/"), VocabConfig()) -> Path("runs/pruned-vocab")
 
 A small student is mostly word-embedding table (MiniLM: 30522 x 384, 11.7M of a pruned 3-layer student's
 14.7M parameters), and most of those tokens never occur in one domain's text. This stage counts the token ids
@@ -31,7 +31,7 @@ kept ids (new id -> original id) is written as ``kept_token_ids.json``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,39 +40,12 @@ import numpy as np
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.core.config import DataConfig
+from slimship.compress.config import VocabConfig  # noqa: F401 (the stage's options)
 
 KEPT_IDS_FILE = "kept_token_ids.json"
 COUNT_CHUNK = 4096      # texts per encode_batch call: keeps the progress bar moving and memory flat
 CHECK_TEXTS = 2000      # counted texts re-tokenized by the trimmed tokenizer as a self-check
-# What a compression grid's vocab_options may set; the rest is the run's.
-GRID_OPTIONS = ("min_count", "max_rows", "keep_top")
-
-
-@dataclass
-class VocabConfig:
-    data: str | None = None             # the training split's texts decide the vocabulary
-    min_count: int = 1                  # keep ids seen at least this often in the counted texts
-    max_rows: int | None = None         # count a deterministic sample of this many training rows; None: all
-    keep_top: int = 0                   # also keep the vocabulary's first N ids (BERT: the most frequent pieces)
-    text_column: str = "text"
-    label_column: str = "label"
-    validation_fraction: float = 0.1    # for a single data file, split as the other stages split it
-    seed: int = 42
-    max_eval_rows: int | None = None    # accuracy before/after on only the first N validation/test rows
-    eval_batch_size: int = 64
-    quiet: bool = False
-
-    def check(self) -> None:
-        if not self.data:
-            raise UserError("--data is needed: the tokens to keep are counted on its training rows")
-        if self.min_count < 1:
-            raise UserError(f"--min-count must be at least 1, not {self.min_count}")
-        if not isinstance(self.keep_top, int) or self.keep_top < 0:
-            raise UserError(f"--keep-top must be a whole number of at least 0, not {self.keep_top!r}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise UserError(f"--max-rows must be at least 1 (or left out for every training row), not {self.max_rows}")
-        if self.max_eval_rows is not None and self.max_eval_rows < 1:
-            raise UserError("--max-eval-rows must be at least 1")
 
 
 # --- the tokenizer -------------------------------------------------------------------------------------------
@@ -303,7 +276,7 @@ def _summary(metrics: dict) -> dict | None:
     return {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"]} if validation else None
 
 
-def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path:
+def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: VocabConfig) -> Path:
     """PyTorch artifact -> PyTorch artifact whose vocabulary holds only the tokens the training data uses."""
     cfg.check()
     model_dir, out = Path(model_dir), Path(out)
@@ -314,8 +287,7 @@ def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path
     from slimship.compress.distill import metric_delta
     from slimship.compress.profile import weights_size
     from slimship.train.artifacts import count_parameters
-    from slimship.core.data import load_data
-    from slimship.train.artifacts import load_pytorch_artifact, save_model_artifact
+    from slimship.train.artifacts import load_pytorch_artifact, load_stage_data, save_model_artifact
 
     source, model, tokenizer = load_pytorch_artifact(model_dir)
     labels, max_length = source["labels"], source["max_length"]
@@ -326,18 +298,12 @@ def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path
         raise UserError(f"{model_dir}: the tokenizer has ids up to {max(tokens)} but the model's word embeddings "
                         f"have only {rows} rows; tokenizer and model do not belong together")
 
-    loaded = load_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
-                       validation_fraction=cfg.validation_fraction, seed=cfg.seed, max_train_rows=cfg.max_rows)
+    loaded = load_stage_data(data, labels=labels)
     train_split = loaded.splits.get("train")
     if train_split is None or not train_split.texts:
-        raise UserError(f"{cfg.data}: no training rows to count tokens on")
-    if cfg.max_eval_rows:
-        for name in ("validation", "test"):
-            if name in loaded.splits:
-                split = loaded.splits[name]
-                split.texts, split.labels = split.texts[:cfg.max_eval_rows], split.labels[:cfg.max_eval_rows]
+        raise UserError(f"{data.path}: no training rows to count tokens on")
     if "validation" not in loaded.splits:
-        stage_log(f"{cfg.data}: no validation split; accuracy before and after is not measured")
+        stage_log(f"{data.path}: no validation split; accuracy before and after is not measured")
 
     stage_log(f"trim vocabulary of {model_dir}: {len(tokens):,} tokens, counting {len(train_split):,} training "
               f"rows of {train_split.source} (min count {cfg.min_count})")
@@ -369,11 +335,13 @@ def trim_vocab(model_dir: str | Path, out: str | Path, cfg: VocabConfig) -> Path
         raise RuntimeError(f"[PAD] is id {new_tokenizer.pad_token_id} in the trimmed tokenizer but "
                            f"{model.config.pad_token_id} in the trimmed model's config")
 
-    config = {"model": str(model_dir), **asdict(cfg)}
+    config = {"model": str(model_dir), **data.options(), **asdict(cfg)}
     with artifact.create(out, "vocab", format="pytorch", parent=model_dir, config=config) as art:
         save_model_artifact(art, model, new_tokenizer)
         (art.dir / KEPT_IDS_FILE).write_text(json.dumps({"source_vocab_size": rows, "kept": kept}) + "\n")
         # Measure what was written, reloaded the way every later stage reloads it.
+    if not data.path:
+        raise UserError("--data is needed: the tokens to keep are counted on its training rows")
         written = AutoModelForSequenceClassification.from_pretrained(str(art.dir)).eval()
         written_tokenizer = AutoTokenizer.from_pretrained(str(art.dir), use_fast=True)
         after_metrics, after_logits = _evaluate(written, written_tokenizer, loaded, max_length,

@@ -12,6 +12,7 @@ import numpy as np
 
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.core.config import DataConfig
 from slimship.core.data import LabelledData, load_data
 from slimship.core.metrics import classification_metrics
 
@@ -26,18 +27,19 @@ def work_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.work"
 
 
-def load_stage_data(data: str | Path, cfg, labels: list[str] | None = None) -> LabelledData:
-    loaded = load_data(data, text_column=cfg.text_column, label_column=cfg.label_column, labels=labels,
-                       validation_fraction=cfg.validation_fraction, seed=cfg.seed,
-                       max_train_rows=cfg.max_train_rows)
+def load_stage_data(data: DataConfig, labels: list[str] | None = None) -> LabelledData:
+    """The splits a stage reads, as ``data`` says: columns, split, training sample, evaluation rows."""
+    loaded = load_data(data.path, text_column=data.text_column, label_column=data.label_column, labels=labels,
+                       validation_fraction=data.validation_fraction, seed=data.split_seed,
+                       max_train_rows=data.max_train_rows)
     for name, split in loaded.splits.items():
         if split.skipped_empty:
             stage_log(f"{split.source}: skipped {split.skipped_empty} rows with empty text")
-    if cfg.max_eval_rows:
+    if data.max_eval_rows:
         for name in ("validation", "test"):
             if name in loaded.splits:
                 split = loaded.splits[name]
-                split.texts, split.labels = split.texts[:cfg.max_eval_rows], split.labels[:cfg.max_eval_rows]
+                split.texts, split.labels = split.texts[:data.max_eval_rows], split.labels[:data.max_eval_rows]
     return loaded
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,61 +20,7 @@ from slimship.core.errors import UserError
 from slimship.core.artifact import stage_log
 from slimship.core.metrics import classification_metrics
 
-AMP_MODES = ("auto", "fp16", "bf16", "off")
-METRICS = ("accuracy", "f1", "loss")
-SCHEDULES = ("linear", "plateau")
-
-
-@dataclass
-class TrainConfig:
-    """Options shared by every stage that fine-tunes (train, distill, prune's recovery)."""
-
-    max_length: int = 128
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    lr_schedule: str = "linear"
-    amp: str = "auto"
-    metric: str = "accuracy"
-    patience: int = 2
-    min_delta: float = 0.0
-    eval_steps: int = 0            # 0: evaluate and checkpoint once per epoch
-    seed: int = 42
-    resume: bool = False
-    text_column: str = "text"
-    label_column: str = "label"
-    validation_fraction: float = 0.1
-    max_train_rows: int | None = None
-    max_eval_rows: int | None = None
-    quiet: bool = False
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
-
-    def check(self) -> None:
-        if self.amp not in AMP_MODES:
-            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
-        if self.metric not in METRICS:
-            raise UserError(f"--metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise UserError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, not {self.lr_schedule!r}")
-        for name in ("batch_size", "eval_batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise UserError("--epochs must be positive (or give --max-steps)")
-        if self.patience < 0:
-            raise UserError("--patience must be 0 (off) or more")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from slimship.train.config import AMP_MODES, METRICS, SCHEDULES, TrainConfig  # noqa: F401 (re-exported)
 
 
 # --- AMP -----------------------------------------------------------------------------------------------------

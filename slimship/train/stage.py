@@ -1,6 +1,6 @@
 """The train stage: fine-tune a pretrained model on labelled text and write a PyTorch artifact.
 
-    train("minilm", "data/", "runs/teacher", TrainConfig(epochs=3)) -> Path("runs/teacher")
+    train("minilm", "runs/teacher", DataConfig("data/"), TrainConfig(epochs=3)) -> Path("runs/teacher")
 
 The artifact holds the model (safetensors + config), the tokenizer, and a manifest with the labels, max_length,
 validation (and test) metrics, the AMP mode and the early-stopping outcome.
@@ -13,19 +13,21 @@ from pathlib import Path
 
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.core.config import DataConfig
 from slimship.train import recipe
 from slimship.train.artifacts import count_parameters, evaluate_model, load_stage_data, save_model_artifact, work_dir_for
 from slimship.train.models import load_classifier, load_tokenizer
 from slimship.train.recipe import TokenizedDataset, TrainConfig
 
 
-def train(model: str, data: str | Path, out: str | Path, cfg: TrainConfig, *,
+def train(model: str, out: str | Path, data: DataConfig, cfg: TrainConfig, *,
           trust_remote_code: bool = False) -> Path:
     cfg.check()
+    data.check()
     out = Path(out)
     amp = recipe.resolve_amp(cfg.amp)
     stage_log(f"AMP mode: {amp} (asked: {cfg.amp})")
-    loaded = load_stage_data(data, cfg)
+    loaded = load_stage_data(data)
     if "validation" not in loaded.splits:
         stage_log("no validation split: early stopping is off and the last epoch's model is kept")
     tokenizer = load_tokenizer(model, trust_remote_code)
@@ -40,7 +42,7 @@ def train(model: str, data: str | Path, out: str | Path, cfg: TrainConfig, *,
     if recipe.is_main_process():
         net = recipe.trained_model(trainer)
         metrics = evaluate_model(net, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
-        config = {"model": model, "data": str(data), **cfg.as_dict()}
+        config = {"model": model, **data.options(), **cfg.as_dict()}
         with artifact.create(out, "train", format="pytorch", config=config) as art:
             save_model_artifact(art, net, tokenizer)
             art.manifest.update(
