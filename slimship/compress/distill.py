@@ -25,7 +25,6 @@ resume and DDP as the train stage.
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import shutil
@@ -35,9 +34,9 @@ from pathlib import Path
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.train import recipe
 from slimship.compress.config import TEACHER_LOGITS, DistillConfig  # noqa: F401 (the stage's options)
 from slimship.core.config import DataConfig
-from slimship.train import recipe
 from slimship.train.recipe import TokenizedDataset, TrainConfig
 
 
@@ -63,29 +62,18 @@ def layer_indices(teacher_layers: int, layers: int | list[int]) -> list[int]:
     return indices
 
 
-def _encoder_blocks(model):
-    """(module holding the layer list, attribute name) for BERT-style and DistilBERT-style models."""
-    base = model.base_model
-    for holder_name in ("encoder", "transformer"):
-        holder = getattr(base, holder_name, None)
-        if holder is not None and hasattr(holder, "layer"):
-            return holder
-    raise UserError(f"layer dropping supports BERT/RoBERTa/DistilBERT-style encoders, not "
-                    f"{getattr(model.config, 'model_type', type(model).__name__)!r}; give a --student instead")
-
-
 def student_from_teacher(teacher, indices: list[int]):
-    """A copy of the teacher that keeps only the layers at ``indices`` (embeddings, pooler and head copied)."""
-    import torch
+    """A student of the teacher's class that keeps only the blocks at ``indices`` (embeddings and head copied).
 
-    student = copy.deepcopy(teacher)  # deep-copies the config too, so the teacher's stays as it was
-    holder = _encoder_blocks(student)
-    holder.layer = torch.nn.ModuleList([holder.layer[i] for i in indices])
-    student.config.num_hidden_layers = len(indices)
-    for position, layer in enumerate(holder.layer):  # caches index attention modules by their new position
-        attention = getattr(getattr(layer, "attention", None), "self", None)
-        if attention is not None and hasattr(attention, "layer_idx"):
-            attention.layer_idx = position
+    The family registry knows where each architecture keeps its blocks and how deep it is; the student is
+    built from its own config so the saved artifact reloads to exactly this model (see
+    ``families.student_with_layers``)."""
+    from slimship.train import families
+
+    student, dropped = families.student_with_layers(teacher, indices, "distill")
+    if dropped:
+        stage_log(f"student: {len(dropped)} teacher weights have no place at their block's new position "
+                  f"(e.g. {dropped[0]}); they are left out")
     return student
 
 
@@ -234,6 +222,7 @@ def metric_delta(student: dict | None, teacher: dict | None) -> dict | None:
 
 def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     from slimship.compress.profile import model_profile, weights_size
+    from slimship.train import families
     from slimship.train.artifacts import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
 
     cfg.check()
@@ -244,7 +233,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     stage_log(f"AMP mode: {amp} (asked: {cfg.amp})")
     loaded = load_stage_data(data, labels=labels)
 
-    teacher_layers = teacher.config.num_hidden_layers
+    teacher_layers = families.family_of(teacher.config, "distill").depth(teacher.config)
     if cfg.student:
         student = load_student(cfg.student, labels, cfg.seed)
         if student.config.vocab_size != teacher.config.vocab_size:
@@ -255,7 +244,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         kept = layer_indices(teacher_layers, cfg.layers)
         student = student_from_teacher(teacher, kept)
         origin = {"kept_layers": kept}
-    student_layers = student.config.num_hidden_layers
+    student_layers = families.family_of(student.config, "distill").depth(student.config)
     layer_map = hidden_layer_map(student_layers, teacher_layers, kept)
     if cfg.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
         raise UserError(f"--hidden-weight needs the student's hidden size ({student.config.hidden_size}) to equal "

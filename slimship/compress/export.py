@@ -35,8 +35,8 @@ from slimship.core.artifact import stage_log
 from slimship.core.config import DataConfig
 from slimship.compress.config import OPTIMIZE_LEVELS, ExportConfig  # noqa: F401 (the stage's options)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
-OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3")
+# Always carried; a family adds its own (vocab.txt, merges.txt, SentencePiece models: families.Family).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
 
 # Used only when neither --data nor the model's manifest names validation rows: enough to catch a broken graph.
 PROBE_SENTENCES = [
@@ -123,13 +123,18 @@ def export(model_dir: str | Path, out: str | Path, data: DataConfig | None = Non
 
     from slimship.compress.evaluate import artifact_logits
     from slimship.core.metrics import classification_metrics
+    from slimship.train import families
     from slimship.train.artifacts import load_pytorch_artifact, predict_logits
 
     cfg = cfg or ExportConfig()
     cfg.check()
     model_dir, out = Path(model_dir), Path(out)
     source, model, tokenizer = load_pytorch_artifact(model_dir)
-    texts, labels, rows_from = parity_rows(source, data, cfg)
+    family = families.family_of(model.config, "export")
+    if cfg.optimize != "none" and not family.ort_optimizer:
+        raise UserError(f"export --optimize {cfg.optimize}: ONNX Runtime's transformer optimizer does not support "
+                        f"{family.name}; export it with --optimize none")
+    texts, labels, rows_from = parity_rows(source, data)
     stage_log(f"export {model_dir} -> ONNX (optimize {cfg.optimize}); parity on {rows_from}")
 
     config = {**asdict(cfg), **(data or DataConfig()).options()}
@@ -141,9 +146,11 @@ def export(model_dir: str | Path, out: str | Path, data: DataConfig | None = Non
                 shutil.copy(Path(tmp) / "model.onnx", art.dir / "model.onnx")
             else:
                 _optimize(Path(tmp), cfg.optimize, art.dir / "model.onnx")
-        for name in TOKENIZER_FILES:
+        for name in (*TOKENIZER_FILES, *family.tokenizer_files):   # whatever the family's tokenizer needs
             if (model_dir / name).is_file():
                 shutil.copy(model_dir / name, art.dir / name)
+        # The runtime reads no transformers config: it pads with this (RoBERTa's <pad> is id 1, not 0).
+        art.manifest["tokenizer"] = families.padding_record(tokenizer)
         art.manifest.update(labels=source["labels"], max_length=source["max_length"],
                             optimize=cfg.optimize, fused_operators=fused_operators(art.dir / "model.onnx"),
                             file_mb=onnx_file_mb(art.dir / "model.onnx"))
