@@ -265,6 +265,43 @@ def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict
     return row
 
 
+def depth_of_checkpoint(model_dir: Path) -> int:
+    """The number of blocks of a PyTorch artifact, from its config.json through its family (DistilBERT keeps
+    it in n_layers, not num_hidden_layers)."""
+    from slimship.train import families
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return families.family_of(config, "compress").depth(config)
+
+
+def grid_for_family(config: dict, grid: Grid) -> tuple[Grid, list[dict]]:
+    """The grid without the entries this family cannot do, and those entries with the reason (for the report):
+    ONNX Runtime's optimizer levels for families it does not know, pruning the family's config cannot describe."""
+    from slimship.train import families
+
+    family = families.family_of(config, "compress")
+    skipped = []
+    optimize = list(grid.optimize)
+    if not family.ort_optimizer:
+        optimize = [level for level in grid.optimize if level == "none"]
+        skipped += [{"grid": f"optimize {level}", "reason": f"ONNX Runtime's transformer optimizer does not "
+                     f"support {family.name}"} for level in grid.optimize if level != "none"]
+        if not optimize and grid.optimize:
+            optimize = ["none"]
+    prune = []
+    pruning = getattr(families, "PRUNING", {}).get(family.name)
+    for entry in grid.prune:
+        refused = [op for op, ratio in entry.items() if ratio and (
+            pruning is None or family.attention is None or pruning.refusal(op))]
+        if refused:
+            why = pruning.refusal(refused[0]) if pruning is not None and pruning.refusal(refused[0]) else \
+                "structured pruning is not supported for this family"
+            skipped.append({"grid": f"prune {entry}", "reason": f"{family.name}: {why}"})
+        else:
+            prune.append(entry)
+    return replace(grid, optimize=optimize, prune=prune), skipped
+
+
 def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: CompressConfig) -> Path:
     """Search the grid, write the report and the chosen ONNX artifact at out/model; returns out."""
     from tqdm.auto import tqdm
@@ -287,8 +324,11 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
         raise UserError(f"{data.path}: compress needs validation rows to hold the accuracy budget to")
     texts, labels = split.texts[:data.max_eval_rows], split.labels[:data.max_eval_rows]
 
-    teacher_layers = int(json.loads((teacher_dir / "config.json").read_text()).get("num_hidden_layers", 0))
-    nodes = plan(teacher_layers, cfg.grid)
+    teacher_layers = depth_of_checkpoint(teacher_dir)
+    grid, skipped = grid_for_family(json.loads((teacher_dir / "config.json").read_text()), cfg.grid)
+    for entry in skipped:
+        stage_log(f"skipped {entry['grid']}: {entry['reason']}")
+    nodes = plan(teacher_layers, grid)
     measured_nodes = candidates(nodes, cfg.grid)
     if not measured_nodes:
         raise UserError("the grid yields no ONNX candidate to measure (check layers, prune and include_teacher)")
@@ -354,7 +394,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
         "budget": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "objective": cfg.objective,
                    **({"max_model_mb": cfg.max_model_mb} if cfg.max_model_mb else {})},
         "machine": {"threads": cfg.threads, "preset": cpu_preset()},
-        "grid": asdict(cfg.grid), "rows": rows, "chosen": chosen["name"] if chosen else None,
+        "grid": asdict(cfg.grid), "skipped": skipped, "rows": rows, "chosen": chosen["name"] if chosen else None,
     }
     if chosen is None:
         if cfg.max_model_mb:
@@ -376,7 +416,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
                          config={"teacher": str(teacher_dir), **data.options(), **report["budget"]}) as art:
         for name in source["files"]:
             shutil.copy(chosen_dir / name, art.dir / name)
-        for key in ("parity", "quantization", "optimize", "file_mb"):
+        for key in ("parity", "quantization", "optimize", "file_mb", "tokenizer"):
             if key in source:
                 art.manifest[key] = source[key]
         art.manifest.update(labels=source["labels"], max_length=source["max_length"],
