@@ -33,6 +33,7 @@ from typing import Any
 from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.train.families import Pruning, find_module, prune_blocks, pruning_of
 from slimship.compress.config import IMPORTANCE, PruneConfig  # noqa: F401 (the stage's options)
 from slimship.core.config import DataConfig
 
@@ -41,18 +42,28 @@ from slimship.core.config import DataConfig
 
 
 def encoder_layers(model) -> list:
-    """The encoder blocks of a BERT-style model, or a UserError naming what is supported."""
-    base = getattr(model, "base_model", None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None or not hasattr(layers[0], "intermediate") or not hasattr(layers[0].attention, "self"):
-        raise UserError(f"pruning supports BERT-style encoders (bert, roberta, electra, ...); this model is "
-                        f"{getattr(model.config, 'model_type', type(model).__name__)!r}")
-    return list(layers)
+    """The encoder blocks of a model whose family can be pruned, or a one-line UserError naming the family."""
+    pruning_of(model)
+    return prune_blocks(model)
+
+
+def _hidden_root(model, pruning: Pruning):
+    """The module whose output starts the residual stream (ELECTRA/ALBERT: the projection after the narrower
+    embeddings)."""
+    for path in pruning.hidden_root:
+        module = find_module(model, path)
+        if module is not None:
+            return module
+    raise RuntimeError(f"none of {pruning.hidden_root} found in {type(model).__name__}")
+
+
+def _width(module) -> int:
+    return module.embedding_dim if hasattr(module, "embedding_dim") else module.out_features
 
 
 @dataclass
 class Shape:
-    """The uniform per-layer shape of a (possibly already pruned) BERT."""
+    """The uniform per-layer shape of a (possibly already pruned) encoder."""
 
     hidden: int
     heads: int          # heads actually present per layer
@@ -61,11 +72,12 @@ class Shape:
 
     @classmethod
     def of(cls, model) -> "Shape":
-        first = encoder_layers(model)[0]
-        attention = first.attention.self
-        return cls(hidden=model.base_model.embeddings.word_embeddings.embedding_dim,
-                   heads=attention.num_attention_heads, head_dim=attention.attention_head_size,
-                   ffn=first.intermediate.dense.out_features)
+        family, pruning = pruning_of(model)
+        first = prune_blocks(model)[0]
+        attention, ffn = family.attention(first), family.ffn(first)
+        count, size, _ = pruning.head_attrs
+        return cls(hidden=_width(_hidden_root(model, pruning)), heads=getattr(attention.module, count),
+                   head_dim=getattr(attention.module, size), ffn=ffn.down.in_features)
 
 
 @dataclass
@@ -77,8 +89,23 @@ class Removal:
     hidden: int = 0
 
 
-def plan(shape: Shape, cfg: PruneConfig) -> Removal:
-    """Turn ratios into whole heads / channels, refusing ratios the result could not be built from."""
+def refuse_unsupported(model, cfg) -> None:
+    """One line naming the family and the operation, for a ratio the family's config cannot describe."""
+    family, pruning = pruning_of(model)
+    for operation in ("heads", "ffn", "hidden"):
+        why = pruning.refusal(operation)
+        if getattr(cfg, operation, 0) and why:
+            raise UserError(f"{family.name}: {operation} pruning is not supported: {why}")
+
+
+def plan(shape: Shape, cfg: PruneConfig, model=None) -> Removal:
+    """Turn ratios into whole heads / channels, refusing ratios the result could not be built from (with
+    ``model``, also what its family's config cannot describe)."""
+    name, pruning = "bert", Pruning()
+    if model is not None:
+        refuse_unsupported(model, cfg)
+        family, pruning = pruning_of(model)
+        name = family.name
     heads = round(cfg.heads * shape.heads)
     ffn = round(cfg.ffn * shape.ffn)
     slots = shape.hidden // shape.head_dim
@@ -98,12 +125,22 @@ def plan(shape: Shape, cfg: PruneConfig) -> Removal:
     if hidden_slots >= slots:
         raise UserError(f"--hidden {cfg.hidden:g} would leave no hidden channel of {shape.hidden}")
     kept_slots, kept_heads = slots - hidden_slots, shape.heads - heads
-    if kept_heads > kept_slots:
+    kept_hidden = kept_slots * shape.head_dim
+    if pruning.head_config == "pruned_heads" and kept_heads > kept_slots:
         raise UserError(
-            f"--hidden {cfg.hidden:g} leaves hidden size {kept_slots * shape.head_dim}, room for {kept_slots} heads "
-            f"of size {shape.head_dim}, but {kept_heads} heads are kept: a BERT config cannot describe that. "
-            f"Prune at least {shape.heads - kept_slots} heads (--heads {(shape.heads - kept_slots) / shape.heads:.3g}) "
-            f"or less hidden size")
+            f"--hidden {cfg.hidden:g} leaves hidden size {kept_hidden}, room for {kept_slots} heads "
+            f"of size {shape.head_dim}, but {kept_heads} heads are kept: a {name} config cannot describe "
+            f"that. Prune at least {shape.heads - kept_slots} heads "
+            f"(--heads {(shape.heads - kept_slots) / shape.heads:.3g}) or less hidden size")
+    if pruning.head_config == "tied" and (heads or hidden_slots) and kept_heads * shape.head_dim != kept_hidden:
+        raise UserError(f"{name}: its config needs heads x head size = hidden size, but --heads {cfg.heads:g} "
+                        f"--hidden {cfg.hidden:g} leave {kept_heads} heads of {shape.head_dim} and hidden size "
+                        f"{kept_hidden}; prune heads and hidden size by the same fraction")
+    embedding_size = getattr(getattr(model, "config", None), "embedding_size", None)
+    if pruning.optional_projection and hidden_slots and embedding_size == kept_hidden != shape.hidden:
+        raise UserError(f"{name}: --hidden {cfg.hidden:g} leaves the hidden size equal to the embedding size "
+                        f"{embedding_size}, where its config drops the projection between them; prune more or "
+                        f"less hidden size")
     return Removal(heads=heads, ffn=ffn, hidden=hidden_slots * shape.head_dim)
 
 
@@ -140,6 +177,42 @@ def _lowest(scores, count: int) -> list[int]:
     return sorted(torch.argsort(scores.float(), stable=True)[:count].tolist()) if count else []
 
 
+def _gated_channel_scores(up, down, kind: str):
+    """Per-channel importance of a gated FFN (up emits [input | gate]): the magnitude (or |w * grad|) of the
+    channel's two up rows and its down column, summed as torch-pruning's group importance sums a group."""
+    import torch
+
+    width = down.in_features
+
+    def score(weight, dim):
+        value = weight.detach() * weight.grad if kind == "taylor" and weight.grad is not None else weight.detach()
+        value = value.abs() if kind == "taylor" else value.pow(2)
+        return value.sum(dim=dim)
+
+    with torch.no_grad():
+        up_rows = score(up.weight, 1)
+        total = up_rows[:width] + up_rows[width:] + score(down.weight, 0)
+        if up.bias is not None:
+            total += score(up.bias.view(-1, 1), 1)[:width] + score(up.bias.view(-1, 1), 1)[width:]
+    return total
+
+
+def _prune_gated_ffn(up, down, drop: list[int]) -> None:
+    """Remove channels ``drop`` of a gated FFN in place: both halves of ``up``'s rows and ``down``'s columns.
+    torch-pruning does not follow the chunk into input and gate, so this one is cut by hand."""
+    import torch
+
+    width = down.in_features
+    keep = torch.tensor([c for c in range(width) if c not in set(drop)], dtype=torch.long)
+    rows = torch.cat([keep, keep + width])
+    with torch.no_grad():
+        up.weight = torch.nn.Parameter(up.weight[rows].clone())
+        if up.bias is not None:
+            up.bias = torch.nn.Parameter(up.bias[rows].clone())
+        down.weight = torch.nn.Parameter(down.weight[:, keep].clone())
+    up.out_features, down.in_features = len(rows), len(keep)
+
+
 def prune_step(model, removal: Removal, importance: str, batches: list[dict], max_length: int) -> None:
     """Remove ``removal`` from ``model`` in place, the least important channels first; then fix its config."""
     import torch
@@ -147,14 +220,25 @@ def prune_step(model, removal: Removal, importance: str, batches: list[dict], ma
 
     from slimship.compress.profile import example_inputs
 
+    family, pruning = pruning_of(model)
     shape = Shape.of(model)
     if importance == "taylor":
         accumulate_gradients(model, batches)
+    gated = family.ffn(prune_blocks(model)[0]).gated
+    # Gated FFNs by hand (torch-pruning's trace does not split the up projection's rows into input and gate
+    # halves), before the graph is traced, so that it sees the cut modules.
+    if removal.ffn and gated:
+        for block in prune_blocks(model):
+            parts = family.ffn(block)
+            _prune_gated_ffn(parts.up, parts.down,
+                             _lowest(_gated_channel_scores(parts.up, parts.down, importance), removal.ffn))
     scorer = _importance(importance)
     model.eval()
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example_inputs(model, min(16, max_length)),
-        output_transform=lambda out: out.logits.sum())
+    graph = None
+    if removal.heads or removal.hidden or (removal.ffn and not gated):
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs(model, min(16, max_length)),
+            output_transform=lambda out: out.logits.sum())
 
     def scores(module, prune_fn, channels: int):
         group = graph.get_pruning_group(module, prune_fn, idxs=list(range(channels)))
@@ -167,49 +251,74 @@ def prune_step(model, removal: Removal, importance: str, batches: list[dict], ma
             raise RuntimeError(f"torch-pruning refused to prune {idxs[:5]}... of {module}")
         group.prune()
 
-    base = model.base_model
     if removal.hidden:
-        embeddings = base.embeddings.word_embeddings
-        remove(embeddings, tp.prune_embedding_out_channels,
-               _lowest(scores(embeddings, tp.prune_embedding_out_channels, shape.hidden), removal.hidden))
-        pooler = getattr(getattr(base, "pooler", None), "dense", None)
-        if pooler is not None:  # the pooler's output feeds only the classifier; keep it as wide as the rest
-            remove(pooler, tp.prune_linear_out_channels,
-                   _lowest(scores(pooler, tp.prune_linear_out_channels, pooler.out_features), removal.hidden))
-    for layer in encoder_layers(model):
+        root = _hidden_root(model, pruning)
+        root_fn = tp.prune_embedding_out_channels if hasattr(root, "embedding_dim") else tp.prune_linear_out_channels
+        dropped = _lowest(scores(root, root_fn, shape.hidden), removal.hidden)
+        remove(root, root_fn, dropped)
+        # Tables the trace did not see lose the same residual channels.
+        for path in pruning.hidden_tables:
+            table = find_module(model, path)
+            if table is not None and table.embedding_dim == shape.hidden:
+                _drop_columns(table, dropped)
+        # Hidden-wide outputs outside the residual stream (pooler, head dense) feed only the classifier; the config
+        # has one hidden size for them too, so they shrink as much.
+        for path in pruning.side_outputs:
+            side = find_module(model, path)
+            if isinstance(side, torch.nn.Linear) and side.out_features == shape.hidden:
+                remove(side, tp.prune_linear_out_channels,
+                       _lowest(scores(side, tp.prune_linear_out_channels, side.out_features), removal.hidden))
+    for block in prune_blocks(model):
         if removal.heads:
-            out = layer.attention.output.dense
+            out = family.attention(block).output
             per_head = scores(out, tp.prune_linear_in_channels, out.in_features).view(shape.heads, -1).sum(1)
             idxs = [h * shape.head_dim + d for h in _lowest(per_head, removal.heads) for d in range(shape.head_dim)]
             remove(out, tp.prune_linear_in_channels, idxs)
-        if removal.ffn:
-            dense = layer.intermediate.dense
-            remove(dense, tp.prune_linear_out_channels,
-                   _lowest(scores(dense, tp.prune_linear_out_channels, shape.ffn), removal.ffn))
+        if removal.ffn and not gated:
+            up = family.ffn(block).up
+            remove(up, tp.prune_linear_out_channels,
+                   _lowest(scores(up, tp.prune_linear_out_channels, shape.ffn), removal.ffn))
     model.zero_grad(set_to_none=True)
     update_config(model, shape.head_dim)
 
 
+def _drop_columns(table, dropped: list[int]) -> None:
+    import torch
+
+    keep = torch.tensor([c for c in range(table.embedding_dim) if c not in set(dropped)], dtype=torch.long)
+    with torch.no_grad():
+        table.weight = torch.nn.Parameter(table.weight[:, keep].clone())
+    table.embedding_dim = len(keep)
+
+
 def update_config(model, head_dim: int) -> None:
     """Make the attention modules and the config describe the pruned shapes, so from_pretrained rebuilds them."""
-    layers = encoder_layers(model)
+    family, pruning = pruning_of(model)
+    blocks = prune_blocks(model)
     config = model.config
-    hidden = model.base_model.embeddings.word_embeddings.embedding_dim
-    for layer in layers:
-        attention = layer.attention.self
-        attention.num_attention_heads = attention.query.out_features // head_dim
-        attention.attention_head_size = head_dim
-        attention.all_head_size = attention.query.out_features
-    heads = {layer.attention.self.num_attention_heads for layer in layers}
-    ffn = {layer.intermediate.dense.out_features for layer in layers}
+    hidden = _width(_hidden_root(model, pruning))
+    count, size, total = pruning.head_attrs
+    for block in blocks:
+        attention = family.attention(block)
+        width = attention.output.in_features
+        setattr(attention.module, count, width // head_dim)
+        setattr(attention.module, size, head_dim)
+        setattr(attention.module, total, width)
+    heads = {getattr(family.attention(block).module, count) for block in blocks}
+    ffn = {family.ffn(block).down.in_features for block in blocks}
     if len(heads) != 1 or len(ffn) != 1:
         raise RuntimeError(f"pruning left non-uniform layers (heads {heads}, FFN {ffn})")
     kept = heads.pop()
-    slots = hidden // head_dim
-    config.hidden_size = hidden
-    config.intermediate_size = ffn.pop()
-    config.num_attention_heads = slots
-    config.pruned_heads = {i: list(range(kept, slots)) for i in range(len(layers))} if kept < slots else {}
+    setattr(config, family.hidden_key, hidden)
+    setattr(config, family.intermediate_key, ffn.pop())
+    if hasattr(config, "pooler_hidden_size"):   # DeBERTa's pooler, a side output cut with the hidden size
+        config.pooler_hidden_size = hidden
+    if pruning.head_config == "tied":
+        setattr(config, family.heads_key, kept)
+    else:
+        slots = hidden // head_dim
+        setattr(config, family.heads_key, slots)
+        config.pruned_heads = {i: list(range(kept, slots)) for i in range(len(blocks))} if kept < slots else {}
 
 
 def reload_difference(model, inputs: dict) -> float:
@@ -276,7 +385,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
             raise UserError(f"--teacher {teacher_dir}: labels {teacher_manifest['labels']} differ from the "
                             f"model's {labels}")
     start_shape = Shape.of(model)
-    removals = step_removals(plan(start_shape, cfg), cfg.steps, start_shape.head_dim)
+    removals = step_removals(plan(start_shape, cfg, model), cfg.steps, start_shape.head_dim)
     amp = recipe.resolve_amp(cfg.amp) if cfg.recovery_epochs > 0 else "off"
     loaded = load_stage_data(data, labels=labels)
     train_split = loaded.splits["train"]

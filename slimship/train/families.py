@@ -147,6 +147,15 @@ def _mpnet_attention(block) -> AttentionParts:
     return AttentionParts(module=a.attn, query=a.attn.q, key=a.attn.k, value=a.attn.v, output=a.attn.o)
 
 
+
+def _albert_attention(block) -> AttentionParts:
+    a = block.attention
+    return AttentionParts(module=a, query=a.query, key=a.key, value=a.value, output=a.dense)
+
+
+def _albert_ffn(block) -> FFNParts:
+    return FFNParts(up=block.ffn, down=block.ffn_output)
+
 # --- the registry ----------------------------------------------------------------------------------------------
 
 _BERT_LIKE = dict(attention=_bert_attention, ffn=_bert_ffn)
@@ -173,6 +182,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mpnet", "mpnet.encoder.layer", inputs=_NO_TYPES, pad_token="<pad>", tokenizer_files=("vocab.txt",),
            ort_optimizer=False, attention=_mpnet_attention, ffn=_bert_ffn),
     Family("albert", None, tokenizer_files=("spiece.model",), head=("albert.pooler", "classifier"),
+           attention=_albert_attention, ffn=_albert_ffn,
            notes="one shared block run num_hidden_layers times: dropping layers only shortens the loop"),
 )}
 
@@ -256,3 +266,84 @@ def student_with_layers(teacher, kept: list[int], operation: str = "distill"):
                            f"{result.missing_keys[:5]}")
     student.train(teacher.training)
     return student, list(result.unexpected_keys)
+
+
+# --- pruning: what structured pruning needs besides the block hooks ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """How slimship/compress/prune.py cuts one family's heads, FFN channels and hidden size, and how the cut
+    shapes are written back so that ``from_pretrained`` rebuilds the same modules. Paths are dotted attribute
+    paths from the task model or from its base model (whichever has them)."""
+
+    head_attrs: tuple[str, str, str] = ("num_attention_heads", "attention_head_size", "all_head_size")
+    # (head count, head size, all heads' width) attributes of AttentionParts.module that its forward reads
+    # How the config describes fewer heads: "pruned_heads" (head slots of hidden / head size, the removed ones
+    # listed in config.pruned_heads and cut when the model is built), or "tied" (heads x head size must equal
+    # the hidden size: heads are pruned only together with as much hidden size).
+    head_config: str = "pruned_heads"
+    hidden_root: tuple[str, ...] = ("embeddings.word_embeddings",)  # the first present one starts the residual
+    optional_projection: bool = False   # the root is a projection the config drops when hidden == embedding size
+    side_outputs: tuple[str, ...] = ()  # hidden-wide Linears outside the residual stream (pooler, head dense)
+    # Hidden-wide tables whose weight the forward reads directly (not by calling the module), so torch-pruning's
+    # trace misses them: their columns are cut with the residual stream's.
+    hidden_tables: tuple[str, ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()   # (operation, why) for what the family's config cannot describe
+
+    def refusal(self, operation: str) -> str | None:
+        return dict(self.refused).get(operation)
+
+
+_MODERNBERT_TIED = ("its fused Wqkv and rotary embeddings take the head size from hidden_size / "
+                    "num_attention_heads; cutting heads or hidden size is not implemented for it")
+_MPNET_HEADS = ("one relative-position bias per head, shared by all layers, is added to every layer's scores, "
+                "so its config cannot describe fewer heads")
+PRUNING: dict[str, Pruning] = {
+    "bert": Pruning(side_outputs=("pooler.dense",)),
+    "roberta": Pruning(side_outputs=("classifier.dense",)),
+    "xlm-roberta": Pruning(side_outputs=("classifier.dense",)),
+    "electra": Pruning(hidden_root=("embeddings_project", "embeddings.word_embeddings"), optional_projection=True,
+                       side_outputs=("classifier.dense",)),
+    "distilbert": Pruning(head_attrs=("n_heads", "attention_head_size", "dim"), side_outputs=("pre_classifier",)),
+    # DeBERTa's attention output is Linear(hidden, hidden): heads x head size is the hidden size.
+    "deberta-v2": Pruning(head_config="tied", hidden_root=("embeddings.embed_proj", "embeddings.word_embeddings"),
+                          optional_projection=True, side_outputs=("pooler.dense",),
+                          hidden_tables=("encoder.rel_embeddings",)),
+    "modernbert": Pruning(head_attrs=("num_heads", "head_dim", "all_head_size"), head_config="tied",
+                          hidden_root=("embeddings.tok_embeddings",), side_outputs=("head.dense",),
+                          refused=(("heads", _MODERNBERT_TIED), ("hidden", _MODERNBERT_TIED))),
+    "mpnet": Pruning(side_outputs=("pooler.dense", "classifier.dense"),
+                     refused=(("heads", _MPNET_HEADS), ("hidden", _MPNET_HEADS + " (and its head size is "
+                                                                   "hidden_size / num_attention_heads)"))),
+    "albert": Pruning(hidden_root=("encoder.embedding_hidden_mapping_in",), side_outputs=("pooler",)),
+}
+
+
+def find_module(model, path: str):
+    """A module by dotted path from the task model or from its base model; None where neither has it."""
+    for root in (model, getattr(model, "base_model", model)):
+        try:
+            return _get(root, path)
+        except AttributeError:
+            continue
+    return None
+
+
+def pruning_of(model) -> tuple[Family, Pruning]:
+    """The family of a model and its pruning facts, or a one-line UserError naming the family."""
+    family = family_of(model.config, "prune")
+    pruning = PRUNING.get(family.name)
+    if pruning is None or family.attention is None or family.ffn is None:
+        raise UserError(f"{family.name}: structured pruning is not supported for this family")
+    return family, pruning
+
+
+def prune_blocks(model) -> list:
+    """The blocks pruning cuts, each real one once (ALBERT: the shared layers of every group, in the flattened
+    order its config.pruned_heads uses)."""
+    family = family_of(model.config, "prune")
+    if family.layers_path is None:
+        groups = model.base_model.encoder.albert_layer_groups
+        return [layer for group in groups for layer in group.albert_layers]
+    return list(family.layers(model))
