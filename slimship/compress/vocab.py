@@ -51,23 +51,72 @@ CHECK_TEXTS = 2000      # counted texts re-tokenized by the trimmed tokenizer as
 # --- the tokenizer -------------------------------------------------------------------------------------------
 
 
-def wordpiece_spec(tokenizer, where: str) -> dict[str, Any]:
-    """The serialized fast tokenizer (tokenizer.json's content), refused unless its model is WordPiece."""
+TRIMMABLE = ("WordPiece", "BPE", "Unigram")
+
+
+def vocab_of(spec: dict[str, Any]) -> dict[str, int]:
+    """token -> id of the tokenizer model's own vocabulary (Unigram lists [piece, score] pairs by id)."""
+    model = spec["model"]
+    if model["type"] == "Unigram":
+        return {piece: i for i, (piece, _score) in enumerate(model["vocab"])}
+    return {token: int(i) for token, i in model["vocab"].items()}
+
+
+def _merge_pairs(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """BPE merges as (left, right) pairs, from either serialization ("a b" strings or [a, b] lists)."""
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges") or []]
+
+
+def _merge_result(spec: dict[str, Any], left: str, right: str) -> str:
+    prefix = spec["model"].get("continuing_subword_prefix") or ""
+    return left + (right[len(prefix):] if prefix and right.startswith(prefix) else right)
+
+
+def merge_closure(spec: dict[str, Any], kept: set[int]) -> set[int]:
+    """BPE reaches a token only through the merges that build it, so every token a kept token is merged from is
+    kept too (recursively). Then, on a text whose tokens are all kept, the trimmed merges apply the same merges
+    in the same order: every token formed on the way is kept, and no removed merge was one of them."""
+    if spec["model"]["type"] != "BPE":
+        return kept
+    vocab = vocab_of(spec)
+    parts = {}
+    for left, right in _merge_pairs(spec):
+        result = vocab.get(_merge_result(spec, left, right))
+        if result is not None and result not in parts and left in vocab and right in vocab:
+            parts[result] = (vocab[left], vocab[right])
+    closed, todo = set(kept), list(kept)
+    while todo:
+        for part in parts.get(todo.pop(), ()):
+            if part not in closed:
+                closed.add(part)
+                todo.append(part)
+    return closed
+
+
+def tokenizer_spec(tokenizer, where: str) -> dict[str, Any]:
+    """The serialized fast tokenizer (tokenizer.json's content), refused unless its model is WordPiece, BPE
+    (byte-level or not) or Unigram (SentencePiece-style)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise UserError(f"{where}: trimming needs a fast tokenizer (tokenizer.json); this artifact has "
                         f"{type(tokenizer).__name__}")
     spec = json.loads(backend.to_str())
     model = spec.get("model") or {}
-    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
-        raise UserError(f"{where}: trimming supports BERT-style WordPiece tokenizers (bert, distilbert, electra, "
-                        f"MiniLM, ...); this tokenizer's model is {model.get('type')!r}")
+    if model.get("type") not in TRIMMABLE or not isinstance(model.get("vocab"), (dict, list)):
+        raise UserError(f"{where}: trim-vocab supports WordPiece, BPE and Unigram tokenizers; this tokenizer's "
+                        f"model is {model.get('type')!r}")
+    if model.get("dropout"):
+        raise UserError(f"{where}: trim-vocab cannot keep a BPE tokenizer with dropout {model['dropout']} "
+                        f"deterministic; save it without dropout first")
     return spec
+
+
+wordpiece_spec = tokenizer_spec     # the name before BPE and Unigram were supported
 
 
 def id_to_token(spec: dict[str, Any]) -> dict[int, str]:
     """Every id the tokenizer can produce: the WordPiece vocabulary and the added tokens."""
-    tokens = {int(i): token for token, i in spec["model"]["vocab"].items()}
+    tokens = {i: token for token, i in vocab_of(spec).items()}
     tokens.update({int(t["id"]): t["content"] for t in spec.get("added_tokens") or []})
     return tokens
 
@@ -115,14 +164,20 @@ def fixed_ids(spec: dict[str, Any], tokenizer, model_config) -> set[int]:
         value = getattr(model_config, name, None)
         if isinstance(value, int) and value >= 0:
             keep.add(value)
-    unk = spec["model"].get("unk_token")
-    vocab = spec["model"]["vocab"]
-    if unk in vocab:
-        keep.add(int(vocab[unk]))
-    # The fallback of the greedy longest match: a word can always be spelled out one character at a time.
+    model = spec["model"]
+    vocab = vocab_of(spec)
+    if model.get("unk_token") in vocab:
+        keep.add(vocab[model["unk_token"]])
+    if model["type"] == "Unigram" and model.get("unk_id") is not None:
+        keep.add(int(model["unk_id"]))
+    # A word can always be spelled out one character at a time (WordPiece's longest-match fallback; BPE's
+    # alphabet, every byte for byte-level BPE; Unigram's single-character pieces, also after the "▁" word mark),
+    # and byte-fallback pieces (<0x41>) stand in for any other character.
     for token, i in vocab.items():
-        if len(token) == 1 or (token.startswith(prefix) and len(token) == len(prefix) + 1):
-            keep.add(int(i))
+        if (len(token) == 1 or (token.startswith(prefix) and len(token) == len(prefix) + 1)
+                or (token.startswith("\u2581") and len(token) == 2)
+                or (token.startswith("<0x") and token.endswith(">") and len(token) == 6)):
+            keep.add(i)
     return keep
 
 
@@ -137,12 +192,12 @@ def producible(token: str, prefix: str) -> bool:
 
 
 def top_ids(spec: dict[str, Any], keep_top: int) -> set[int]:
-    """The vocabulary's first ``keep_top`` ids that WordPiece can produce."""
+    """The vocabulary's first ``keep_top`` ids that the tokenizer can produce (WordPiece: see producible)."""
     if keep_top <= 0:
         return set()
     prefix = spec["model"].get("continuing_subword_prefix") or "##"
-    return {int(i) for token, i in spec["model"]["vocab"].items()
-            if int(i) < keep_top and producible(token, prefix)}
+    wordpiece = spec["model"]["type"] == "WordPiece"
+    return {i for token, i in vocab_of(spec).items() if i < keep_top and (not wordpiece or producible(token, prefix))}
 
 
 def counting_tokenizer(spec: dict[str, Any]):
@@ -176,8 +231,21 @@ def trimmed_spec(spec: dict[str, Any], kept: list[int]) -> dict[str, Any]:
     """tokenizer.json's content with only ``kept`` ids (in their order), every id reference renumbered."""
     new_id = {old: new for new, old in enumerate(kept)}
     out = json.loads(json.dumps(spec))
-    out["model"]["vocab"] = {token: new_id[int(i)] for token, i in
-                             sorted(spec["model"]["vocab"].items(), key=lambda item: item[1]) if int(i) in new_id}
+    model = out["model"]
+    if model["type"] == "Unigram":     # ids are positions; the scores stay, so the best segmentation of a text
+        model["vocab"] = [piece for i, piece in enumerate(spec["model"]["vocab"]) if i in new_id]   # of kept
+        if model.get("unk_id") is not None:                                       # pieces is still the best
+            model["unk_id"] = new_id[int(model["unk_id"])]
+    else:
+        model["vocab"] = {token: new_id[i] for token, i in sorted(vocab_of(spec).items(), key=lambda item: item[1])
+                          if i in new_id}
+    if model["type"] == "BPE":         # merges whose parts and result are all kept, in their original order
+        kept_tokens = model["vocab"]
+        string_form = any(isinstance(m, str) for m in spec["model"].get("merges") or [])
+        model["merges"] = [f"{left} {right}" if string_form else [left, right]
+                           for left, right in _merge_pairs(spec)
+                           if left in kept_tokens and right in kept_tokens
+                           and _merge_result(spec, left, right) in kept_tokens]
     for token in out.get("added_tokens") or []:
         token["id"] = new_id[int(token["id"])]
     _remap_post_processor(out.get("post_processor"), new_id)
@@ -193,7 +261,7 @@ def rebuild_tokenizer(old, spec: dict[str, Any]):
     # File paths point at the old files, and the added-token table carries the old ids: the backend has the
     # renumbered ones, and save_pretrained writes vocab.txt and tokenizer_config.json from it.
     options = {k: v for k, v in old.init_kwargs.items()
-               if k not in ("vocab_file", "tokenizer_file", "added_tokens_decoder", "name_or_path")}
+               if k not in ("vocab_file", "merges_file", "tokenizer_file", "added_tokens_decoder", "name_or_path")}
     return type(old)(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **options)
 
 
@@ -291,7 +359,7 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
 
     source, model, tokenizer = load_pytorch_artifact(model_dir)
     labels, max_length = source["labels"], source["max_length"]
-    spec = wordpiece_spec(tokenizer, str(model_dir))
+    spec = tokenizer_spec(tokenizer, str(model_dir))
     tokens = id_to_token(spec)
     rows = model.get_input_embeddings().num_embeddings
     if max(tokens) >= rows:
@@ -312,7 +380,7 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
     fixed = {i for i in fixed_ids(spec, tokenizer, model.config) if i in tokens}
     seen = {int(i) for i in np.nonzero(counts >= cfg.min_count)[0] if int(i) in tokens}
     top = top_ids(spec, cfg.keep_top)
-    kept = sorted(fixed | seen | top)
+    kept = sorted(merge_closure(spec, fixed | seen | top))
     total_tokens = int(counts.sum())
     kept_tokens = int(counts[kept].sum())
     from_top = f", {len(top - seen - fixed):,} more from the first {cfg.keep_top:,}" if cfg.keep_top else ""
@@ -356,7 +424,8 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
                  "keep_top": cfg.keep_top, "top_tokens_added": len(top - seen - fixed),
                  "train_rows": len(train_split), "train_tokens": total_tokens, "train_tokens_kept": kept_tokens,
                  "train_token_share_kept": kept_tokens / max(1, total_tokens),
-                 "tokenization_checked_texts": compared, "kept_ids_file": KEPT_IDS_FILE}
+                 "tokenization_checked_texts": compared, "kept_ids_file": KEPT_IDS_FILE,
+                 "tokenizer_model": spec["model"]["type"], "pad_token_id": written_tokenizer.pad_token_id}
         art.manifest.update(
             labels=labels, max_length=max_length, metrics=after_metrics, parameters=after_params,
             file_size=after_size, vocab=vocab,
