@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 from slimship.core.data import load_data  # noqa: E402
 from slimship.train import recipe  # noqa: E402
 from slimship.train.models import load_classifier, load_tokenizer  # noqa: E402
-from slimship.train.recipe import TokenizedDataset, TrainConfig  # noqa: E402
+from slimship.train.config import TrainConfig  # noqa: E402
+from slimship.train.recipe import TokenizedDataset  # noqa: E402
 
 
 def steps_per_second(amp: str, data, tokenizer, steps: int, batch_size: int, max_length: int) -> float:

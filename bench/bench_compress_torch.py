@@ -88,22 +88,25 @@ def main() -> None:
 
 
 def train_chain(args, out: Path, timed) -> list[tuple[str, Path]]:
-    from slimship.compress.distill import DistillConfig, distill
-    from slimship.compress.prune import PruneConfig, prune
-    from slimship.train.recipe import TrainConfig
+    from slimship.compress.config import DistillConfig, PruneConfig
+    from slimship.compress.distill import distill
+    from slimship.compress.prune import prune
+    from slimship.core.config import DataConfig
+    from slimship.train.config import TrainConfig
     from slimship.train.stage import train
 
-    common = dict(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True, patience=0)
-    teacher = timed("train teacher", train, "minilm", args.data, out / "teacher",
+    data = DataConfig(path=args.data, max_train_rows=args.train_rows)
+    common = dict(max_length=args.max_length, quiet=True, patience=0)
+    teacher = timed("train teacher", train, "minilm", out / "teacher", data,
                     TrainConfig(epochs=args.epochs, learning_rate=5e-5, **common))
     distill_cfg = dict(layers=3, epochs=args.epochs, learning_rate=1e-4, **common)
-    student = timed("distill (teacher logits cached)", distill, teacher, args.data, out / "student",
+    student = timed("distill (teacher logits cached)", distill, teacher, out / "student", data,
                     DistillConfig(teacher_logits="cache", **distill_cfg))
-    online = timed("distill (teacher logits online)", distill, teacher, args.data, out / "student-online",
+    online = timed("distill (teacher logits online)", distill, teacher, out / "student-online", data,
                    DistillConfig(teacher_logits="online", **distill_cfg))
-    pruned = timed("prune + recovery", prune, student, args.data, out / "pruned",
+    pruned = timed("prune + recovery", prune, student, out / "pruned", data,
                    PruneConfig(heads=1 / 3, ffn=0.5, recovery_epochs=args.epochs, learning_rate=5e-5,
-                               importance="taylor", **common), teacher_dir=teacher)
+                               importance="taylor", teacher=str(teacher), **common))
     return [("teacher (minilm, 6 layers)", teacher), ("distilled (3 layers)", student),
             ("distilled, online logits", online), ("distilled + pruned (1/3 heads, 1/2 FFN)", pruned)]
 

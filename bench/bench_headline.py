@@ -224,15 +224,17 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from slimship.compress.search import BudgetNotMet, CompressConfig, Grid, compress
+    from slimship.compress.config import CompressConfig, grid_from_dict
+    from slimship.compress.search import BudgetNotMet, compress
     from slimship.core import artifact
+    from slimship.core.config import DataConfig
     from slimship.core.data import load_data
-    from slimship.train.recipe import TrainConfig
+    from slimship.train.config import TrainConfig
     from slimship.train.stage import train
 
     started = time.time()
-    train_cfg = TrainConfig(epochs=args.teacher_epochs, max_length=args.max_length, max_train_rows=args.train_rows,
-                            patience=1, quiet=True)
+    data_cfg = DataConfig(path=str(data), max_train_rows=args.train_rows)
+    train_cfg = TrainConfig(epochs=args.teacher_epochs, max_length=args.max_length, patience=1, quiet=True)
     teacher = results / "teacher"
     try:
         cached = artifact.load(teacher)
@@ -240,7 +242,7 @@ def main() -> None:
             raise ValueError("cached teacher was trained on a different number of rows")
         print(f"teacher: cached {teacher}")
     except Exception:
-        train("minilm", data, teacher, train_cfg)
+        train("minilm", teacher, data_cfg, train_cfg)
     t_teacher = time.time() - started
 
     grid = grid_for(args.grid, args.distill_rows, args.distill_alpha, args.recovery_epochs,
@@ -253,14 +255,13 @@ def main() -> None:
         grid["prune"] = [*grid["prune"], *(yaml.safe_load(entry) for entry in args.extra_prune)]
     if args.keep_top:
         grid["vocab_options"] = {"keep_top": args.keep_top}
-    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, max_model_mb=args.max_model_mb, grid=Grid(**grid),
-                         threads=args.threads,
-                         train=TrainConfig(max_length=args.max_length, max_train_rows=args.train_rows, quiet=True,
-                                           patience=1, amp=args.compress_amp))
+    cfg = CompressConfig(max_accuracy_drop=args.max_accuracy_drop, max_model_mb=args.max_model_mb,
+                         grid=grid_from_dict(grid, "bench_headline grid"), threads=args.threads,
+                         train=TrainConfig(max_length=args.max_length, quiet=True, patience=1, amp=args.compress_amp))
     t0 = time.time()
     chosen_dir, note = results / "compressed" / "model", ""
     try:
-        compress(teacher, data, results / "compressed", cfg)
+        compress(teacher, results / "compressed", data_cfg, cfg)
     except BudgetNotMet as e:
         # Still show the search's most accurate candidate, marked as over budget.
         print(f"compress: {e}")

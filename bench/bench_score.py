@@ -32,27 +32,31 @@ THREADS = str(len(os.sched_getaffinity(0)))
 
 def build_models(work: Path, train_rows: int, distill_rows: int) -> dict[str, Path]:
     """Teacher (PyTorch FP32), teacher INT8 ONNX, compressed (3-layer distilled INT8 ONNX); cached in work."""
-    from slimship.compress.distill import DistillConfig, distill
+    from dataclasses import replace
+
+    from slimship.compress.config import DistillConfig, QuantizeConfig
+    from slimship.compress.distill import distill
     from slimship.compress.export import export
-    from slimship.compress.quantize import QuantizeConfig, quantize
-    from slimship.train.recipe import TrainConfig
+    from slimship.compress.quantize import quantize
+    from slimship.core.config import DataConfig
+    from slimship.train.config import TrainConfig
     from slimship.train.stage import train
 
     paths = {name: work / name for name in ("teacher", "teacher-onnx", "teacher-int8", "student", "student-onnx",
                                             "student-int8")}
-    common = dict(max_length=64, epochs=1, batch_size=32, max_train_rows=train_rows, max_eval_rows=872,
-                  quiet=True, patience=0)
+    data = DataConfig(path=str(SST2), max_train_rows=train_rows, max_eval_rows=872)
+    common = dict(max_length=64, epochs=1, batch_size=32, quiet=True, patience=0)
     if not (paths["teacher"] / "manifest.json").exists():
-        train("minilm", SST2, paths["teacher"], TrainConfig(learning_rate=5e-5, **common))
+        train("minilm", paths["teacher"], data, TrainConfig(learning_rate=5e-5, **common))
     if not (paths["student"] / "manifest.json").exists():
-        distill(paths["teacher"], SST2, paths["student"],
-                DistillConfig(layers=3, learning_rate=1e-4, **{**common, "max_train_rows": distill_rows}))
+        distill(paths["teacher"], paths["student"], replace(data, max_train_rows=distill_rows),
+                DistillConfig(layers=3, learning_rate=1e-4, **common))
     for source in ("teacher", "student"):
         if not (paths[f"{source}-onnx"] / "manifest.json").exists():
             export(paths[source], paths[f"{source}-onnx"])
         if not (paths[f"{source}-int8"] / "manifest.json").exists():
-            quantize(paths[f"{source}-onnx"], paths[f"{source}-int8"],
-                     QuantizeConfig(mode="dynamic", data=str(SST2), max_eval_rows=872))
+            quantize(paths[f"{source}-onnx"], paths[f"{source}-int8"], DataConfig(path=str(SST2), max_eval_rows=872),
+                     QuantizeConfig(mode="dynamic"))
     return paths
 
 

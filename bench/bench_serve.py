@@ -50,9 +50,11 @@ def artifacts(model: str, rows: int, data: Path, teacher: Path | None = None) ->
     """teacher (PyTorch FP32), onnx (FP32), int8 (dynamic), cached: each stage runs only if its output is absent.
 
     With ``teacher`` (a trained PyTorch artifact) that one is exported and quantized instead of a brief fine-tune."""
+    from slimship.compress.config import QuantizeConfig
     from slimship.compress.export import export
-    from slimship.compress.quantize import QuantizeConfig, quantize
-    from slimship.train.recipe import TrainConfig
+    from slimship.compress.quantize import quantize
+    from slimship.core.config import DataConfig
+    from slimship.train.config import TrainConfig
     from slimship.train.stage import train
 
     if not (data / "train.csv").is_file():
@@ -64,13 +66,14 @@ def artifacts(model: str, rows: int, data: Path, teacher: Path | None = None) ->
     paths = {"teacher": teacher or base / "teacher", "onnx": base / "onnx", "int8": base / "int8"}
     if not (paths["teacher"] / "manifest.json").is_file():
         log(f"training {model} on {rows} rows of {data} (1 epoch, max_length 64)")
-        cfg = TrainConfig(epochs=1, max_train_rows=rows, max_eval_rows=872, max_length=64, batch_size=32,
+        cfg = TrainConfig(epochs=1, max_length=64, batch_size=32,
                           learning_rate=5e-5 if model == "minilm" else 1e-3, patience=0, quiet=True)
-        train(model, data, paths["teacher"], cfg)
+        train(model, paths["teacher"], DataConfig(path=str(data), max_train_rows=rows, max_eval_rows=872), cfg)
     if not (paths["onnx"] / "manifest.json").is_file():
-        export(paths["teacher"], paths["onnx"], data=data)
+        export(paths["teacher"], paths["onnx"], DataConfig(path=str(data)))
     if not (paths["int8"] / "manifest.json").is_file():
-        quantize(paths["onnx"], paths["int8"], QuantizeConfig(mode="dynamic", data=str(data), max_eval_rows=872))
+        quantize(paths["onnx"], paths["int8"], DataConfig(path=str(data), max_eval_rows=872),
+                 QuantizeConfig(mode="dynamic"))
     return paths
 
 

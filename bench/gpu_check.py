@@ -35,7 +35,8 @@ def main() -> int:
     from slimship.core.data import LabelledData, Split
     from slimship.train import recipe
     from slimship.train.models import load_classifier, load_tokenizer
-    from slimship.train.recipe import TokenizedDataset, TrainConfig
+    from slimship.train.config import TrainConfig
+    from slimship.train.recipe import TokenizedDataset
 
     texts = [f"sample sentence number {i} that is {'good' if i % 2 else 'bad'} " * 6 for i in range(4096)]
     data = LabelledData(labels=["neg", "pos"], splits={"train": Split(texts, [i % 2 for i in range(4096)], "synthetic")})
