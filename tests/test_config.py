@@ -69,8 +69,25 @@ def test_unknown_grid_key_in_a_grid_file_and_in_a_run_config(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(f"data: {DEMO_DATA}\nout: {tmp_path / 'run'}\ncompress:\n  grid:\n    layer: [3]\n")
     line = _error_line(capsys, ["run", "--config", str(config)])
-    assert "unknown key 'layer' in section 'grid' (did you mean 'layers'?)" in line
+    assert "unknown key 'layer' in section 'compress.grid' (did you mean 'layers'?)" in line
     assert not (tmp_path / "run").exists()                         # refused before anything ran
+
+
+def test_a_grid_typo_in_a_config_file_names_the_section_it_is_in(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    run = ["run", "--config", str(config)]
+    config.write_text(f"data: {DEMO_DATA}\nout: {tmp_path / 'run'}\ncompress:\n  grid: {{distill: {{epoch: 2}}}}\n")
+    assert "unknown key 'epoch' in section 'compress.grid.distill' (did you mean 'epochs'?)" in \
+        _error_line(capsys, run)
+    # A grid at the top level of the file is section 'grid', for run and for compress alike.
+    config.write_text(f"data: {DEMO_DATA}\nout: {tmp_path / 'run'}\ngrid: {{layer: [3]}}\n")
+    assert "unknown key 'layer' in section 'grid' (did you mean 'layers'?)" in _error_line(capsys, run)
+    compress = ["compress", "--config", str(config), "--teacher", str(tmp_path / "teacher")]
+    assert "unknown key 'layer' in section 'grid' (did you mean 'layers'?)" in _error_line(capsys, compress)
+    config.write_text(f"data: {DEMO_DATA}\nout: {tmp_path / 'run'}\ncompress:\n  grid: {{layer: [3]}}\n")
+    assert "unknown key 'layer' in section 'compress.grid' (did you mean 'layers'?)" in \
+        _error_line(capsys, compress)
+    assert not (tmp_path / "run").exists()
 
 
 def test_run_reads_its_config_once_and_the_command_line_wins(tmp_path):

@@ -47,11 +47,11 @@ def add_arguments(parser) -> None:
 
 def compress_config(args) -> CompressConfig:
     from slimship.compress.config import Grid, grid_from_dict, load_grid
-    from slimship.core.config import from_args
+    from slimship.core.config import from_args, section_of
     from slimship.train.config import TrainConfig
 
-    if isinstance(args.grid, dict):          # a grid written inline in a --config file
-        grid = grid_from_dict(args.grid, args.config, "grid")
+    if isinstance(args.grid, dict):          # a grid written inline in a --config file: compress.grid or grid
+        grid = grid_from_dict(args.grid, args.config, section_of(args.grid, "grid"))
     else:
         grid = load_grid(args.grid) if args.grid else Grid()
     return from_args(args, CompressConfig, grid=grid, train=from_args(args, TrainConfig))

@@ -295,6 +295,20 @@ def parser_annotations(parser: argparse.ArgumentParser) -> dict[str, Any]:
     return found
 
 
+class Located(dict):
+    """A mapping value of a config file that knows where it was given (``compress.grid``, or ``grid`` at the
+    top level), so an error about one of its keys names that section."""
+
+    def __init__(self, values: dict, section: str):
+        super().__init__(values)
+        self.section = section
+
+
+def section_of(value: Any, default: str) -> str:
+    """Where a config file gave ``value`` (see Located); ``default`` for anything else."""
+    return getattr(value, "section", None) or default
+
+
 def config_file_values(path: str | Path, parsers: dict[str, argparse.ArgumentParser]) -> dict[str, dict[str, Any]]:
     """The values a config file gives each command: its top-level keys that the command has, then the
     command's own section over them. The whole file is checked, whichever command reads it."""
@@ -311,5 +325,7 @@ def config_file_values(path: str | Path, parsers: dict[str, argparse.ArgumentPar
     result = {}
     for name, hints in sections.items():
         own = validate(given_sections.get(name) or {}, hints, source, name)
-        result[name] = {**{k: v for k, v in top_values.items() if k in hints}, **own}
+        merged = {**{k: v for k, v in top_values.items() if k in hints}, **own}
+        result[name] = {k: Located(v, f"{name}.{k}" if k in own else k) if isinstance(v, dict) else v
+                        for k, v in merged.items()}
     return result
