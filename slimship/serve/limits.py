@@ -1,10 +1,13 @@
-"""ASGI middleware: shed requests early (503 + Retry-After) while the batcher is overloaded, and refuse request
-bodies larger than a limit (413) or not UTF-8 (400) before anything parses them.
+"""ASGI middleware: shed requests early (503 + Retry-After) while the batcher is overloaded, refuse a body that
+is not JSON (415), and refuse request bodies larger than a limit (413) or not UTF-8 (400) before anything
+parses them.
 
 BentoML 1.4 has no request-size limit of its own, so a client could make a worker buffer and parse an arbitrarily
 large JSON document. A declared Content-Length over the limit is refused without reading the body; otherwise the
 body is read up to the limit (refused as soon as it goes over), checked to be UTF-8 when it is JSON (JSON must
 be; the JSON parser's own message for bad bytes is misleading), then replayed to the app.
+BentoML also picks a request's parser by its Content-Type, whatever the API takes: a multipart form sent to a
+JSON API failed inside it (500, with a traceback in the log), and text/plain was parsed as JSON anyway.
 """
 
 from __future__ import annotations
@@ -24,35 +27,46 @@ async def _send_error(send, status: int, message: str, headers: list[tuple[bytes
 
 
 class ShedWhenOverloaded:
-    """503 + Retry-After for ``path`` while ``overloaded[0]()`` says so, before anything else looks at the request.
+    """503 + Retry-After for ``path`` while ``overloaded()`` says so, before anything else looks at the request.
 
-    Meant to run outermost (``install_outermost``): under overload most requests are shed, and each one that
-    first went through BentoML's metrics, tracing and timeout layers cost the event loop several times what the
-    refusal itself does, CPU that the requests being served needed."""
+    Meant to run outermost (bentoml_patches.Service.add_outermost_middleware): under overload most requests are
+    shed, and each one that first went through BentoML's metrics, tracing and timeout layers cost the event loop
+    several times what the refusal itself does, CPU that the requests being served needed."""
 
-    def __init__(self, app, path: str, overloaded: list):
+    def __init__(self, app, path: str, overloaded):
         self.app = app
         self.path = path
-        self.overloaded = overloaded   # [callable -> Retry-After seconds or None], filled once the service exists
+        self.overloaded = overloaded   # () -> Retry-After seconds, or None to let the request in
 
     async def __call__(self, scope, receive, send):
-        check = self.overloaded[0]
-        if (check is not None and scope["type"] == "http" and scope["path"] == self.path
-                and scope["method"] == "POST" and (retry_after := check()) is not None):
+        if (scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST"
+                and (retry_after := self.overloaded()) is not None):
             return await _send_error(send, 503, "server overloaded: retry later",
                                      [(b"retry-after", str(retry_after).encode())], close=False)
         return await self.app(scope, receive, send)
 
 
-def install_outermost(middleware_cls, **options) -> None:
-    """Put an ASGI middleware outside BentoML's own (metrics, tracing, timeout). ``Service.add_asgi_middleware``
-    can only add inside them; BentoML 1.4 builds the list in ``ServiceAppFactory.middlewares``."""
-    from _bentoml_impl.server.app import ServiceAppFactory
-    from starlette.middleware import Middleware
+def media_type(headers) -> bytes | None:
+    """The Content-Type without its parameters, lower case; None when the request has none."""
+    value = dict(headers or []).get(b"content-type")
+    return None if value is None else value.split(b";", 1)[0].strip().lower()
 
-    bentoml_middlewares = ServiceAppFactory.middlewares.fget
-    ServiceAppFactory.middlewares = property(
-        lambda factory: [Middleware(middleware_cls, **options), *bentoml_middlewares(factory)])
+
+class JsonBodyOnly:
+    """415 for a request to one of ``paths`` whose body is declared as anything but JSON. A request without a
+    Content-Type is taken as JSON (BentoML's own default, and what a bare HTTP client sends)."""
+
+    def __init__(self, app, paths: tuple[str, ...]):
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            kind = media_type(scope.get("headers"))
+            if kind not in (None, b"application/json"):
+                return await _send_error(send, 415, f"unsupported Content-Type {kind.decode('latin-1')!r}: send "
+                                                    "the body as JSON, with Content-Type: application/json")
+        return await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -89,8 +103,7 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body, replayed = b"".join(chunks), False
-        content_type = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
-        if b"json" in content_type:
+        if media_type(scope.get("headers")) in (None, b"application/json"):
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as e:

@@ -6,9 +6,10 @@ request and never cancels it. The timer holds the request's future and the conte
 reachable: the event loop's timer heap grows, and each full garbage collection walks all of them. Measured on
 2 cores: 60-300 ms pauses in which no request is answered (p99 at one client 60 ms instead of 5 ms).
 
-``install()`` replaces that middleware's ``__call__`` with one that behaves the same (a 504 JSON error after
-``timeout`` seconds without a response starting) and cancels the timer once the request is done. The timeout
-is a required, positive setting in BentoML 1.4, so the middleware cannot simply be left out.
+``call_with_cancelled_timer`` takes the place of that middleware's ``__call__`` (serve/bentoml_patches.py): it
+behaves the same (a 504 JSON error after ``timeout`` seconds without a response starting) and cancels the timer
+once the request is done. The timeout is a required, positive setting in BentoML 1.4, so the middleware cannot
+simply be left out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 
 
-async def _call_with_cancelled_timer(self, scope, receive, send) -> None:
+async def call_with_cancelled_timer(self, scope, receive, send) -> None:
     if scope["type"] not in ("http", "websocket"):
         return await self.app(scope, receive, send)
     loop = asyncio.get_running_loop()
@@ -48,8 +49,3 @@ async def _call_with_cancelled_timer(self, scope, receive, send) -> None:
     finally:
         timer.cancel()
 
-
-def install() -> None:
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
-
-    TimeoutMiddleware.__call__ = _call_with_cancelled_timer

@@ -7,10 +7,13 @@ Endpoints
   POST /classify   {"texts": ["...", ...], "probs": false} -> [{"label": ..., "score": ...(, "probs": {...})}, ...]
                    one result per text, in order; requests are batched together adaptively (serve/batcher.py)
   GET  /metadata   model name, version, labels, max_length, sha256, metrics (from the manifest), settings
-  GET  /livez, /readyz (ready only after the warm-up inference), /metrics (Prometheus), / and /docs.json (OpenAPI)
+  GET  /livez, /readyz (ready only after the warm-up inference), /metrics (Prometheus), / and /docs.json (OpenAPI,
+       with every error answer of /classify documented)
 
 Input rules (all answered with a 4xx JSON error, and the server keeps serving):
-  - body not JSON / not UTF-8, "texts" missing, not a list of strings, or an empty list: 400
+  - body not JSON / not UTF-8, "texts" missing, not a list of strings, or an empty list; "probs" not a JSON
+    boolean: 400 {"error", "detail"}
+  - a Content-Type other than application/json (none is taken as JSON): 415
   - more than SLIMSHIP_MAX_TEXTS texts (default 256), or a text longer than SLIMSHIP_MAX_TEXT_CHARS characters
     (default 10,000): 400. Within that limit, tokens beyond the model's max_length are truncated.
   - an empty string "" is an error (400): it carries no evidence, and any label returned for it would be the
@@ -24,52 +27,41 @@ Settings (environment variables SLIMSHIP_WORKERS, SLIMSHIP_THREADS, SLIMSHIP_MAX
 SLIMSHIP_MAX_QUEUE, SLIMSHIP_MAX_TEXTS, SLIMSHIP_MAX_TEXT_CHARS, SLIMSHIP_MAX_BODY_BYTES, SLIMSHIP_TIMEOUT_S,
 SLIMSHIP_WARMUP_S, SLIMSHIP_INFER_NICE, SLIMSHIP_MODEL; defaults from the CPU count): table in serve/settings.py
 and docs/SERVING.md.
-This module imports only bentoml, onnxruntime, tokenizers, numpy and slimship's torch-free modules.
+This module imports only bentoml, onnxruntime, tokenizers, numpy and slimship's torch-free modules. Importing it
+declares the service and changes nothing else: the model is checked once before the workers start
+(``check_deployment``), each worker loads it in ``Classify.__init__``, and BentoML's internals are patched only
+when a worker builds its app (serve/bentoml_patches.py).
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import threading
 import time
 from typing import Annotated, Optional
 
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from slimship.serve import request_timeout
-from slimship.serve.balance import BalanceConnections, remove_shared_files
-from slimship.serve.batcher import AdaptiveBatcher, Overloaded
-from slimship.serve.limits import BodySizeLimit, ShedWhenOverloaded, install_outermost
-from slimship.core.runtime import Classifier
-from slimship.serve.settings import ServeSettings
 from slimship import __version__
 from slimship.core import artifact
 from slimship.core.artifact import manifest_digest
+from slimship.core.runtime import Classifier
+from slimship.serve import bentoml_patches
+from slimship.serve.balance import BalanceConnections, remove_shared_files
+from slimship.serve.batcher import AdaptiveBatcher, Overloaded
+from slimship.serve.limits import BodySizeLimit, JsonBodyOnly, ShedWhenOverloaded
+from slimship.serve.settings import ServeSettings
 
+# BentoML reads the model to pin, the worker count and the timeout from the class itself, in the process that runs
+# `bentoml serve` or `bentoml build`, before any instance exists; the text limits are part of the published
+# request schema. So the settings are read here, once (`slimship build` sets SLIMSHIP_MODEL before this import).
 SETTINGS = ServeSettings.from_env()
-request_timeout.install()  # BentoML's timeout keeps each request's objects alive for the timeout's length
 MODEL = bentoml.models.BentoModel(SETTINGS.model)
-
-
-def check_model() -> None:
-    """Refuse to start on a missing, incomplete or tampered model, in the process that runs `bentoml serve` (or
-    `bentoml build`): a failure inside a worker would only make the supervisor restart it again and again."""
-    stored = MODEL.stored
-    if stored is None:
-        raise artifact.ArtifactError(
-            f"model {SETTINGS.model} is not in the BentoML model store (BENTOML_HOME="
-            f"{os.environ.get('BENTOML_HOME', '~/bentoml')}); import it with `slimship serve --model DIR` or "
-            "`slimship build --model DIR`, or set SLIMSHIP_MODEL to a stored tag")
-    artifact.load(stored.path, format="onnx")  # verifies every file's sha256
-
-
-check_model()
 
 Text = Annotated[str, Field(min_length=1, max_length=SETTINGS.max_text_chars)]
 Texts = Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_texts)]
@@ -81,6 +73,40 @@ class Prediction(BaseModel):
     probs: Optional[dict[str, float]] = Field(None, description="every label's probability (only when asked)")
 
 
+# Every error answer, BentoML's validation errors (400) and the service's own (400, 413, 415, 503, 504), as an
+# OpenAPI 3.0 schema (BentoML documents its 400 with a string "detail", but sends a list).
+ERROR_BODY = {
+    "title": "ErrorBody",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "what was wrong, in one line"},
+        "detail": {"type": "array", "items": {"type": "object"},
+                   "description": "for a body that failed validation: one {type, loc, msg} object per problem"},
+    },
+}
+
+
+ERROR_REF = "#/components/schemas/ErrorBody"
+
+
+def error_response(description: str, retry_after: bool = False) -> dict:
+    """An OpenAPI response object for an error answer (``retry_after``: it carries a Retry-After header)."""
+    response = {"description": description, "content": {"application/json": {"schema": {"$ref": ERROR_REF}}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
+                                               "schema": {"type": "integer", "minimum": 1}}}
+    return response
+
+
+CLASSIFY_ERRORS = {
+    400: error_response("not JSON, not UTF-8, or not a valid request (an empty text, too many or too long texts)"),
+    413: error_response("request body over SLIMSHIP_MAX_BODY_BYTES"),
+    415: error_response("a Content-Type other than application/json"),
+    503: error_response("overloaded: the predicted queue wait is over SLIMSHIP_MAX_LATENCY_MS", retry_after=True),
+    504: error_response("not answered within SLIMSHIP_TIMEOUT_S"),
+}
+
 # Requests shed before they reach BentoML's own metrics (on arrival) or by the batcher's admission check.
 SHED_REQUESTS = bentoml.metrics.Counter(name="slimship_shed_requests", labelnames=["stage"],
                                         documentation="requests answered 503 because the server was overloaded")
@@ -90,6 +116,7 @@ WARMUP_TEXTS = ["a short sentence", "a somewhat longer sentence to warm up the a
 
 @bentoml.service(
     name="slimship",
+    service_class=bentoml_patches.Service,
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.timeout_s},
     logging={"access": {"enabled": False}},   # one log line per request costs more CPU than the inference
@@ -97,11 +124,18 @@ WARMUP_TEXTS = ["a short sentence", "a somewhat longer sentence to warm up the a
 class Classify:
     model = MODEL
 
+    @bentoml.on_deployment
+    def check_deployment() -> None:
+        """Refuse to start on a BentoML release the patches were not written for, or on an incomplete or
+        tampered model. This runs once, in the process that runs `bentoml serve`, before any worker starts: a
+        failure inside a worker would only make the supervisor restart it again and again."""
+        bentoml_patches.check_bentoml_version()
+        artifact.load(MODEL.resolve().path, format="onnx")  # verifies every file's sha256
+
     def __init__(self) -> None:
         stored = self.model  # resolved from the model store: the exact version a bento pins
-        # verify=True: every file's sha256 is checked against the manifest; a tampered model refuses to start.
+        # The files' sha256 are checked again here, in the worker: the copy it loads is the copy it checked.
         self.classifier = Classifier(stored.path, threads=SETTINGS.threads, spinning=False)
-        self.model_tag = str(stored.tag)
         self.batcher = AdaptiveBatcher(self.classifier.logits, max_batch_size=SETTINGS.max_batch_size,
                                        max_latency_ms=SETTINGS.max_latency_ms, max_queue=SETTINGS.max_queue,
                                        infer_nice=SETTINGS.infer_nice)
@@ -119,8 +153,6 @@ class Classify:
         }
         self.ready = False
         threading.Thread(target=self._warm_up, name="slimship-warmup", daemon=True).start()
-        _SERVICE[0] = self
-        SHED_EARLY[0] = self.shed_early
 
     def shed_early(self) -> Optional[int]:
         """Retry-After seconds if a request arriving now is to be shed (counted), else None."""
@@ -150,7 +182,7 @@ class Classify:
         return self.ready
 
     @bentoml.api(route="/classify")
-    async def classify(self, texts: Texts, probs: bool = False) -> list[Prediction]:
+    async def classify(self, texts: Texts, probs: StrictBool = False) -> list[Prediction]:
         """Classify texts: one {"label", "score"} per text, in order; with "probs": true also every label's
         probability. Concurrent requests share batches."""
         try:
@@ -166,32 +198,43 @@ class Classify:
         remove_shared_files()
 
 
-_SERVICE: list[Optional[Classify]] = [None]  # the worker's instance, for the plain GET route below
+def this_workers_service():
+    """The worker's Classify instance, None while it is still being created (BentoML makes one per worker)."""
+    try:
+        return bentoml.get_current_service()
+    except bentoml.exceptions.BentoMLException:
+        return None
+
+
+def shed_early() -> Optional[int]:
+    service = this_workers_service()
+    return None if service is None else service.shed_early()
 
 
 async def metadata(request: Request) -> JSONResponse:
-    service = _SERVICE[0]
+    service = this_workers_service()
     if service is None:
         return JSONResponse({"error": "service is starting"}, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse(service.metadata_doc)
 
 
+Classify.document_schema("ErrorBody", ERROR_BODY)
 Classify.mount_asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
-SHED_EARLY: list = [None]  # the worker's Classify.shed_early, for the middleware (it runs before the service)
-# Outside BentoML's metrics, tracing and timeout layers: an overloaded server refuses a request for a fraction of
-# what passing it through those costs (2 cores, 2x capacity: 503s in 29-184 ms at p50 instead of 255 ms; at 4x
-# no client timeouts instead of 64 of 40,000).
-install_outermost(ShedWhenOverloaded, path="/classify", overloaded=SHED_EARLY)
-
-
-def worker_index() -> Optional[int]:
-    """This worker's 0-based index (BentoML numbers its workers from 1), None outside a worker."""
-    from bentoml._internal.context import server_context
-
-    return None if server_context.worker_index is None else server_context.worker_index - 1
-
+Classify.document_path("/metadata", {"get": {
+    "description": "The model served (name, version, labels, max_length, manifest sha256, metrics) and the settings",
+    "operationId": "slimship__metadata",
+    "responses": {"200": {"description": "the model and settings",
+                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                  "503": error_response("the worker is still starting", retry_after=True)}}})
+Classify.document_api("/classify", CLASSIFY_ERRORS)
 
 # Outermost of all: the workers share one listening socket, and a burst of new connections can all land on one
 # of them; this evens them out (serve/balance.py).
-install_outermost(BalanceConnections, workers=SETTINGS.workers, worker_index=worker_index)
+Classify.add_outermost_middleware(BalanceConnections, workers=SETTINGS.workers,
+                                  worker_index=bentoml_patches.worker_index)
+# Outside BentoML's metrics, tracing and timeout layers: an overloaded server refuses a request for a fraction of
+# what passing it through those costs (2 cores, 2x capacity: 503s in 29-184 ms at p50 instead of 255 ms; at 4x
+# no client timeouts instead of 64 of 40,000).
+Classify.add_outermost_middleware(ShedWhenOverloaded, path="/classify", overloaded=shed_early)
+Classify.add_asgi_middleware(JsonBodyOnly, paths=("/classify",))
 Classify.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)
