@@ -3,10 +3,11 @@
     score(ScoreConfig(model="runs/demo/model", inputs="big.csv", output="scores.parquet"))
 
 The input (CSV, TSV, JSONL, Parquet, or a directory/glob of them) is read as a stream and cut into chunks of
-``chunk_rows`` rows, so memory stays bounded whatever the file size. Each chunk is tokenized once, sorted by
-token length and cut into batches that are padded only to their own longest text (little padding), scored by
-the one inference path (serve/runtime.py ``Classifier``), and put back into input order. A reader thread
-tokenizes the next chunk while ONNX Runtime scores this one (tokenizers and ORT both release the GIL).
+``chunk_rows`` rows, so memory stays bounded whatever the file size. Each chunk is tokenized once, then scored
+by the one inference path that serving and ``slimship evaluate`` use too (core/runtime.py ``Classifier.run``):
+sorted by token length, cut into batches of ``batch_size`` rows padded only to their own longest text, and put
+back into input order. A reader thread tokenizes the next chunk while ONNX Runtime scores this one
+(tokenizers and ORT both release the GIL).
 
 Crash safety: every chunk is written to its own part file in ``<output>.parts/``, fsynced, and only then
 recorded in ``state.json`` (itself replaced atomically). After a kill, ``resume=True`` skips the committed rows
@@ -213,32 +214,6 @@ def read_chunks(files: list[Path], cfg: ScoreConfig, skip_rows: int = 0) -> Iter
                 chunk = Chunk(start=position, rows=0, ids=[], texts=[], keep=[], rejects=[])
     if chunk.rows:
         yield chunk
-
-
-def score_feeds(classifier, feeds: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Logits for tokenized texts (right-padded to the longest), scored in length-sorted batches.
-
-    Each batch is cut to its own longest row, so short texts are not padded to the chunk's longest; the logits
-    go back to input order by index.
-    """
-    n = len(feeds["attention_mask"])
-    logits = np.zeros((n, len(classifier.labels)), dtype=np.float32)
-    if n == 0:
-        return logits
-    lengths = feeds["attention_mask"].sum(axis=1)
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, n, batch_size):
-        index = order[start:start + batch_size]
-        width = int(lengths[index].max())
-        batch = {name: np.ascontiguousarray(value[index, :width]) for name, value in feeds.items()}
-        logits[index] = classifier.session.run(["logits"], batch)[0]
-    return logits
-
-
-def encode(classifier, texts: list[str]) -> dict[str, np.ndarray]:
-    if not texts:
-        return {name: np.zeros((0, 1), dtype=np.int64) for name in classifier.input_names}
-    return classifier.encode(texts)
 
 
 def result_columns(labels: list[str], id_name: str, probs: bool) -> list[str]:
@@ -563,7 +538,7 @@ def score_locally(cfg: ScoreConfig, files: list[Path], labels: list[str], sink: 
 
     def tokenize(chunk: Chunk) -> Chunk:
         t = time.perf_counter()
-        chunk.feeds = encode(classifier, chunk.texts)
+        chunk.feeds = classifier.encode(chunk.texts)
         timings["tokenize_s"] += time.perf_counter() - t
         return chunk
 
@@ -571,7 +546,7 @@ def score_locally(cfg: ScoreConfig, files: list[Path], labels: list[str], sink: 
     stream = prefetched(chunks, tokenize) if cfg.prefetch else map(tokenize, chunks)
     for chunk in stream:
         t = time.perf_counter()
-        logits = score_feeds(classifier, chunk.feeds, cfg.batch_size)
+        logits = classifier.run(chunk.feeds, batch_size=cfg.batch_size)
         t2 = time.perf_counter()
         rows = output_rows(chunk.ids, chunk.keep, logits, labels, cfg.probs)
         rejects = [reject_row(chunk.start + i + 1, chunk.ids[i], reason, text, cfg.id_column)

@@ -5,7 +5,7 @@
 Reading: CSV/TSV with pyarrow's reader (the text column read as bytes, so a row with undecodable bytes becomes
 a reject instead of failing the read; the id column read as a string, as the local engine's csv module does),
 JSONL as text lines parsed by the actors with the local engine's own parser, Parquet natively. The actors apply
-the local engine's checks (``check_text``), length-bucketed batches (``score_feeds``) and rounding
+the local engine's checks (``check_text``), the runtime's length-sorted batches (``Classifier.run``) and rounding
 (``output_rows``), each over a batch of ``chunk_rows`` rows.
 
 Writing: the result is consumed in order (``preserve_order``) by the driver and committed chunk by chunk
@@ -27,8 +27,7 @@ from typing import Any
 
 from slimship.core.errors import UserError
 from slimship.core.data import BadRow, file_format, parse_json_record
-from slimship.score import (ChunkedOutput, ScoreConfig, check_text, encode, output_rows, reject_row, score_feeds,
-                            shown_text)
+from slimship.score import ChunkedOutput, ScoreConfig, check_text, output_rows, reject_row, shown_text
 
 LINE_COLUMN = "text"      # read_text's column
 
@@ -71,7 +70,7 @@ class ScoringActor:
                 texts.append(text)
             else:
                 reasons[i], shown[i] = reason, shown_text(record[self.text_column])
-        logits = score_feeds(self.classifier, encode(self.classifier, texts), self.batch_size)
+        logits = self.classifier.run(self.classifier.encode(texts), batch_size=self.batch_size)
         label, score, probs = [None] * n, [None] * n, [None] * n
         for i, row in zip(keep, output_rows(ids, keep, logits, self.labels, probs=True)):
             label[i], score[i], probs[i] = row[1], row[2], row[3:]

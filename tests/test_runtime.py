@@ -86,6 +86,20 @@ def test_several_threads_run_a_batch_data_parallel_with_the_same_logits(clf, tin
     assert single._parallel_session is None            # one thread: the plain path, no second session
 
 
+def test_encoded_rows_run_in_length_sorted_batches_give_the_same_logits_in_input_order(clf, tiny_onnx):
+    """Batch scoring encodes a whole chunk at once, then runs it batch_size rows at a time (each batch cut to its
+    own longest row): the same logits, in input order, as the texts run one request at a time."""
+    texts = ["ok", "word " * 60, "fine", "a rather longer sentence about a film " * 4, "no", "a b c d e f"] * 5
+    feeds = clf.encode(texts)
+    want = np.concatenate([clf.logits(texts[i:i + 4]) for i in range(0, len(texts), 4)])
+    for runtime in (clf, Classifier(tiny_onnx, threads=2)):
+        for batch_size in (1, 4, 7, 64):
+            np.testing.assert_allclose(runtime.run(feeds, batch_size=batch_size), want, atol=1e-5)
+    assert clf.run(clf.encode([]), batch_size=4).shape == (0, len(clf.labels))
+    # A lone row is cut to its own length too (here it carries the padding of a longer batch-mate).
+    np.testing.assert_allclose(clf.run(feeds, batch_size=1)[:1], clf.logits(texts[:1]), atol=1e-5)
+
+
 def test_long_text_is_truncated_to_max_length(clf):
     feeds = clf.encode(["word " * 5000, "short"])
     assert feeds["input_ids"].shape == (2, clf.max_length)
@@ -216,13 +230,13 @@ print(tag); print("HEAVY", bad)
 
 
 def test_request_timeout_answers_504_and_leaves_no_timer_behind():
-    """serve/request_timeout.py: BentoML's per-request timeout, with its timer cancelled once a request is done
+    """serve/request_timeout.py (applied by serve/bentoml_patches.py): BentoML's per-request timeout, with its timer cancelled once a request is done
     (BentoML 1.4's own keeps every finished request reachable for the whole timeout)."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from slimship.serve import request_timeout
+    from slimship.serve import bentoml_patches
 
-    request_timeout.install()
+    bentoml_patches.cancel_request_timers()
     scope = {"type": "http", "method": "POST", "path": "/classify", "headers": []}
 
     async def fast_app(scope, receive, send):

@@ -138,6 +138,10 @@ class Classifier:
         return wanted + ["CPUExecutionProvider"]
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The model's inputs for ``texts``: token ids and masks, truncated to max_length, right-padded to the
+        longest. ``run`` takes them; encoding apart lets a batch job tokenize the next chunk while one runs."""
+        if not texts:
+            return {name: np.zeros((0, 1), dtype=np.int64) for name in self.input_names}
         encodings = self.tokenizer.encode_batch(list(texts))
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
@@ -147,19 +151,37 @@ class Classifier:
         return {name: feeds[name] for name in self.input_names}
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
         return self.run(self.encode(texts))
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits of right-padded feeds, run in groups of similar length (``length_groups``) so short texts
-        are not padded to the batch's longest; rows come back in input order. For FP32 and static INT8 models
-        the split changes speed only (attention masks the padding). Dynamic INT8 picks its activation scales
-        per call from everything in it, padding included, so there a row's logits depend a little on its
-        batch-mates with or without the split (99% of SST-2 predictions unchanged by it)."""
+    def run(self, feeds: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Logits of encoded (``encode``), right-padded rows, in input order.
+
+        ``batch_size``: run at most that many rows at a time, taken in order of length, each batch padded only
+        to its own longest row. For many rows encoded at once (batch scoring encodes whole chunks); without it
+        the rows are one batch."""
         lengths = feeds["attention_mask"].sum(axis=1)
+        if batch_size is None or len(lengths) <= batch_size:
+            return self._run_batch(feeds, lengths)
+        logits = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = int(lengths[rows].max())
+            batch = {name: np.ascontiguousarray(value[rows, :width]) for name, value in feeds.items()}
+            logits[rows] = self._run_batch(batch, lengths[rows])
+        return logits
+
+    def _run_batch(self, feeds: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+        """One batch, run in groups of similar length (``length_groups``) so short texts are not padded to the
+        batch's longest. For FP32 and static INT8 models the split changes speed only (attention masks the
+        padding). Dynamic INT8 picks its activation scales per call from everything in it, padding included,
+        so there a row's logits depend a little on its batch-mates with or without the split (99% of SST-2
+        predictions unchanged by it)."""
+        if len(lengths) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         if len(lengths) == 1:
-            return self.session.run(["logits"], feeds)[0]
+            width = int(lengths[0])
+            return self.session.run(["logits"], {name: value[:, :width] for name, value in feeds.items()})[0]
         logits = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
         groups = length_groups(lengths)
 
