@@ -39,6 +39,19 @@ from slimship.core.config import DataConfig
 from slimship.compress.config import (EMBEDDING_BITS, METHODS, MODES, PRESETS,  # noqa: F401 (the stage's options)
                                       QuantizeConfig)
 
+WEIGHT_ONLY_BLOCK = 32           # weights per 8-bit scale in weight_only mode
+
+# Whether a text's output depends on that text alone. Dynamic INT8 (DynamicQuantizeMatMul) picks each call's
+# activation scale from everything in the call, padding and batch-mates included, so the same text can get
+# another label in another batch (0.4-1.7% of SST-2 labels measured). Static QDQ uses scales fixed at
+# calibration, weight-only keeps activations float (or quantizes them per row block): the batch cannot matter.
+BATCH_INVARIANT = {"none": True, "static": True, "weight_only": True, "dynamic": False}
+
+
+def batch_invariant(mode: str) -> bool:
+    """True when a model quantized with ``mode`` ("none" = FP32) answers each text independently of its batch."""
+    return BATCH_INVARIANT[mode]
+
 
 def cpu_preset() -> str:
     """The optimum preset that suits this CPU: VNNI int8 dot products, plain AVX2/AVX-512, or arm64."""
@@ -200,11 +213,53 @@ def quantize_word_embeddings(src_model: Path, target: Path, block_size: int) -> 
             "embedding_shape": [int(rows), int(width)]}
 
 
-def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg: QuantizeConfig) -> Path:
-    """ONNX artifact -> INT8 ONNX artifact, with accuracy and size before and after."""
+def write_int8(src_model: Path, target: Path, mode: str, settings: dict[str, Any], *, per_channel: bool = False,
+               method: str = "minmax", reader: TokenizedRows | None = None, work_dir: Path,
+               op_types: list[str] | None = None, nodes_to_exclude: list[str] | None = None,
+               accuracy_level: int | None = None) -> None:
+    """Quantize ``src_model`` into ``target`` with ONNX Runtime's quantizers (the part bench/bench_int8.py varies).
+
+    dynamic: ``quantize_dynamic`` (per-call activation scales: not batch-invariant). static: QDQ with the
+    activation ranges calibrated on ``reader``. weight_only: MatMul weights in 8 bits per block (``MatMulNBits``);
+    activations stay float, or with ``accuracy_level=4`` are quantized per row block, so a row never sees another's
+    values either way."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
 
+    # Fused contrib ops (Attention, SkipLayerNormalization) carry no type information the quantizer can read.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": settings["weights_symmetric"],
+             "ActivationSymmetric": settings["activations_symmetric"]}
+    op_types = op_types or settings["op_types"]
+    if mode == "dynamic":
+        quantize_dynamic(src_model, target, op_types_to_quantize=op_types, per_channel=per_channel,
+                         reduce_range=settings["reduce_range"], weight_type=settings["weight_type"],
+                         nodes_to_exclude=nodes_to_exclude, extra_options=extra)
+    elif mode == "static":
+        calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                     "percentile": CalibrationMethod.Percentile}[method]
+        quantize_static(src_model, target, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+                        per_channel=per_channel, reduce_range=settings["reduce_range"],
+                        activation_type=settings["activation_type"], weight_type=settings["weight_type"],
+                        calibrate_method=calibrate, nodes_to_exclude=nodes_to_exclude,
+                        extra_options={**extra, "CalibTensorRangeSymmetric": False},
+                        calibration_cache_path=work_dir / "calibration")
+    elif mode == "weight_only":
+        with quiet_root_logger():
+            from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                         MatMulNBitsQuantizer)
+        config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=8,
+                                              accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src_model)), nodes_to_exclude=nodes_to_exclude or [],
+                                         algo_config=config)
+        with quiet_root_logger():
+            quantizer.process()
+        onnx.save(quantizer.model.model, str(target))
+    else:
+        raise UserError(f"unknown quantization mode {mode!r}")
+
+
+def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg: QuantizeConfig) -> Path:
+    """ONNX artifact -> INT8 ONNX artifact, with accuracy and size before and after."""
     from slimship.compress.export import onnx_file_mb, write_provisional_manifest
     from slimship.compress.evaluate import artifact_logits
     from slimship.core.metrics import classification_metrics
@@ -231,9 +286,6 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
     validation = _validation(data, source["labels"])
     before_logits = artifact_logits(onnx_dir, validation[0]) if validation else None
 
-    # Fused contrib ops (Attention, SkipLayerNormalization) carry no type information the quantizer can read.
-    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": settings["weights_symmetric"],
-             "ActivationSymmetric": settings["activations_symmetric"]}
     config = {**asdict(cfg), **(data or DataConfig()).options(), "preset": preset}
     with artifact.create(out, "quantize", format="onnx", parent=onnx_dir, config=config) as art:
         with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
@@ -243,21 +295,12 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
             if cfg.embedding_bits == 4:
                 int8_input = Path(tmp) / "model-embeddings-4bit.onnx"
                 embeddings = quantize_word_embeddings(src_model, int8_input, cfg.embedding_block_size)
-            if cfg.mode == "dynamic":
-                quantize_dynamic(int8_input, target, op_types_to_quantize=settings["op_types"],
-                                 per_channel=cfg.per_channel, reduce_range=settings["reduce_range"],
-                                 weight_type=settings["weight_type"], extra_options=extra)
-            else:
+            reader = None
+            if cfg.mode == "static":
                 texts = _calibration_texts(data, cfg, source["labels"])
                 reader = TokenizedRows(onnx_dir, texts, source["max_length"], _input_names(src_model))
-                method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[cfg.method]
-                quantize_static(int8_input, target, reader, quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=settings["op_types"], per_channel=cfg.per_channel,
-                                reduce_range=settings["reduce_range"], activation_type=settings["activation_type"],
-                                weight_type=settings["weight_type"], calibrate_method=method,
-                                extra_options={**extra, "CalibTensorRangeSymmetric": False},
-                                calibration_cache_path=Path(tmp) / "calibration")
+            write_int8(int8_input, target, cfg.mode, settings, per_channel=cfg.per_channel, method=cfg.method,
+                       reader=reader, work_dir=Path(tmp))
         for name in sorted(p.name for p in onnx_dir.iterdir()):
             if name not in ("model.onnx", artifact.MANIFEST) and (onnx_dir / name).is_file() \
                     and name in source["files"]:
@@ -265,12 +308,15 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
         size_before, size_after = onnx_file_mb(src_model), onnx_file_mb(target)
         art.manifest.update(labels=source["labels"], max_length=source["max_length"],
                             optimize=source.get("optimize", "none"), file_mb=size_after)
-        for key in ("parameters", "macs", "base_model", "parity"):
+        for key in ("parameters", "macs", "base_model", "parity", "tokenizer"):
             if key in source:
                 art.manifest[key] = source[key]
-        quantization = {"mode": cfg.mode, "preset": preset, "per_channel": cfg.per_channel,
-                        "weight_type": str(settings["weight_type"]), "activation_type":
-                        str(settings["activation_type"]) if cfg.mode == "static" else "uint8 (at run time)",
+        quantization = {"mode": cfg.mode, "batch_invariant": batch_invariant(cfg.mode), "preset": preset,
+                        "per_channel": cfg.per_channel,
+                        "weight_type": "int8 per block of " + str(WEIGHT_ONLY_BLOCK) if cfg.mode == "weight_only"
+                        else str(settings["weight_type"]),
+                        "activation_type": {"static": str(settings["activation_type"]),
+                                            "dynamic": "uint8 (scale per call)"}.get(cfg.mode, "float"),
                         "reduce_range": settings["reduce_range"], "operators": settings["op_types"],
                         "size_mb_before": size_before, "size_mb_after": size_after, **embeddings}
         if cfg.mode == "static":

@@ -52,6 +52,8 @@ def marks(row: dict[str, Any]) -> str:
         tags.append("pareto")
     if row.get("within_budget") is False:
         tags.append("over budget")
+    if row.get("batch_invariant") is False:
+        tags.append("batch-dependent" + (", not chosen" if row.get("excluded") else ""))
     if row.get("failed"):
         tags.append(f"failed: {row['failed']}")
     return ", ".join(tags)
@@ -69,16 +71,38 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if "teacher_accuracy" in report:
         lines.append(f"teacher accuracy {report['teacher_accuracy'] * 100:.2f}% on {report.get('validation_rows')} "
                      f"validation rows of {report.get('data')}")
+    reference = report.get("reference")
+    if reference and not reference.get("is_teacher"):
+        lines.append(f"reference: {reference['name']} at {reference['accuracy'] * 100:.2f}% "
+                     f"({reference.get('why')}); the budget and every Δ count from it")
     if budget:
         size = f" and at most {budget['max_model_mb']:g} MB" if budget.get("max_model_mb") else ""
-        lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} points below the teacher{size}; "
+        base = "the teacher" if not reference or reference.get("is_teacher") else "the reference"
+        lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} points below {base}{size}; "
                      f"objective: {budget.get('objective')}")
+        if "allow_batch_dependent" in budget:
+            lines.append("batch-dependent candidates (dynamic INT8) allowed: a text's label may depend on its "
+                         "batch-mates" if budget["allow_batch_dependent"] else
+                         "only batch-invariant candidates are chosen (a text's label never depends on its "
+                         "batch-mates); --allow-batch-dependent lets dynamic INT8 in")
     machine = report.get("machine") or {}
     if machine:
         lines.append(f"measured with {machine.get('threads')} ONNX Runtime threads, INT8 preset "
                      f"{machine.get('preset')}")
     if report.get("chosen"):
         lines.append(f"chosen: {report['chosen']}" + (f" -> {report['model']}" if report.get("model") else ""))
+        if report.get("chosen_batch_invariant") is False:
+            lines.append("WARNING: the chosen model is batch-dependent (dynamic INT8): the same text can get "
+                         "another label or score in another batch (allowed by --allow-batch-dependent)")
+    test = report.get("test")
+    if test:
+        lines.append(f"test split ({test['rows']} rows): teacher {test['teacher_accuracy'] * 100:.2f}%, chosen "
+                     f"{test['chosen_accuracy'] * 100:.2f}%"
+                     + ("" if reference is None or reference.get("is_teacher") else
+                        f", reference {test['reference_accuracy'] * 100:.2f}%")
+                     + f" ({-test['drop_points']:+.2f} pt)")
+        if test.get("misses_budget"):
+            lines.append(f"WARNING: {test['note']}")
     if report.get("message"):
         lines.append(f"NOTE: {report['message']}")
     return lines
@@ -92,7 +116,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(row) + " |" for row in body]
     out += ["", "Latency: batch 1, tokenization included; throughput: batch 32. Δ pt: accuracy points vs the "
-                "teacher on the same rows. ![accuracy vs time per row](pareto.png)", ""]
+                "reference (the teacher, or a candidate that beat it) on the same rows. "
+                "![accuracy vs time per row](pareto.png)", ""]
     return "\n".join(out)
 
 
