@@ -131,7 +131,63 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize: float = 7) -> list:
+    """Put each label next to its point where it overlaps no other label and no marker; returns the texts.
+
+    Greedy, in display coordinates: for each point, try offsets around it at growing distance and keep the
+    first whose box is clear and inside the axes (a far one gets a thin leader line); a label with no clear spot
+    is stacked above the others.
+    """
+    fig = ax.figure
+    fig.canvas.draw()  # autoscaling is deferred to the first draw; the data->pixel transform needs final limits
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72
+    frame = ax.get_window_extent(renderer)
+    anchors = [tuple(ax.transData.transform(p)) for p in points]
+    taken = [(x - 4, y - 4, x + 4, y + 4) for x, y in anchors]  # the markers
+    if ax.get_legend() is not None:
+        legend = ax.get_legend().get_window_extent(renderer)
+        taken.append((legend.x0, legend.y0, legend.x1, legend.y1))
+    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    texts = []
+    for (x, y), (px, py), label in zip(points, anchors, labels):
+        text = ax.annotate(label, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=fontsize)
+        box = text.get_window_extent(renderer)
+        w, h = box.width + 6, box.height + 6  # room for rounding: the drawn box differs by a pixel or two
+        best = None
+        for distance in (4, 9, 15, 22, 30, 40, 52, 66, 82):
+            for dx, dy in directions:
+                cx, cy = px + dx * distance * px_per_pt, py + dy * distance * px_per_pt
+                left = cx if dx > 0 else cx - w if dx < 0 else cx - w / 2
+                bottom = cy if dy > 0 else cy - h if dy < 0 else cy - h / 2
+                rect = (left, bottom, left + w, bottom + h)
+                inside = frame.x0 <= rect[0] and rect[2] <= frame.x1 and frame.y0 <= rect[1] and rect[3] <= frame.y1
+                if inside and not any(_overlap(rect, other) for other in taken):
+                    best = (dx * distance, dy * distance, dx, dy, rect)
+                    break
+            if best:
+                break
+        if best is None:  # nowhere clear inside the axes: stack it above the others, outside if need be
+            top = max(r[3] for r in taken)
+            best = (4, (top + 2 - py) / px_per_pt, 1, 1, (px + 4 * px_per_pt, top + 2, px + 4 * px_per_pt + w, top + 2 + h))
+        ox, oy, dx, dy, rect = best
+        text.remove()  # re-made at its place: a leader line can only be given when an annotation is made
+        text = ax.annotate(label, (x, y), xytext=(ox, oy), textcoords="offset points",
+                           fontsize=fontsize, ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                           va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                           arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"} if max(abs(ox), abs(oy)) > 22 else None)
+        taken.append(rect)
+        texts.append(text)
+    return texts
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    """Accuracy against time per row. Points carry numbers, placed so none overlap; the key beside the plot
+    names each number (candidate names are too long to sit next to their points)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,21 +196,21 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     objective = (report.get("budget") or {}).get("objective", "latency")
     rows = [r for r in report.get("rows", []) if r.get("throughput_rows_s") and r.get("accuracy") is not None]
     x_of = (lambda r: r["latency_ms_p50"]) if objective == "latency" else (lambda r: 1000 / r["throughput_rows_s"])
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = plt.figure(figsize=(10, 4.8), dpi=110)
+    ax = fig.add_axes((0.07, 0.11, 0.52, 0.8))
+    key = fig.add_axes((0.61, 0.11, 0.38, 0.8))
+    key.axis("off")
     if rows:
         ax.scatter([x_of(r) for r in rows], [r["accuracy"] * 100 for r in rows], color="tab:blue", s=22,
-                   label="candidates")
+                   label="candidates", zorder=3)
         front = sorted((r for r in rows if r.get("pareto")), key=x_of)
         if front:
             ax.plot([x_of(r) for r in front], [r["accuracy"] * 100 for r in front], color="tab:orange",
-                    marker="o", ms=4, label="Pareto front")
-        for r in rows:
-            ax.annotate(r["name"], (x_of(r), r["accuracy"] * 100), fontsize=6, alpha=0.7,
-                        xytext=(3, 3), textcoords="offset points")
+                    marker="o", ms=4, label="Pareto front", zorder=2)
         chosen = [r for r in rows if r.get("chosen")]
         if chosen:
             ax.scatter([x_of(chosen[0])], [chosen[0]["accuracy"] * 100], s=160, facecolors="none",
-                       edgecolors="red", linewidths=2, label=f"chosen: {chosen[0]['name']}")
+                       edgecolors="red", linewidths=2, label="chosen", zorder=4)
     if "teacher_accuracy" in report:
         teacher = report["teacher_accuracy"] * 100
         ax.axhline(teacher, color="gray", ls="--", lw=1, label="teacher")
@@ -165,8 +221,16 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("validation accuracy, %")
     ax.set_title("accuracy vs time per row")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.15)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    if rows:
+        place_labels(ax, [(x_of(r), r["accuracy"] * 100) for r in rows], [str(i) for i in range(1, len(rows) + 1)])
+        lines = [f"{i:>2}  {'*' if r.get('chosen') else ' '} {r['name']}" for i, r in enumerate(rows, 1)]
+        # Fit the key into its box: a monospace character is about 0.6 em wide (0.65 leaves a margin), a line
+        # about 1.25 em high.
+        width_pt, height_pt = 0.38 * 10 * 72, 0.8 * 4.8 * 72
+        size = min(7.0, width_pt / (0.65 * max(len(s) for s in lines)), height_pt / (1.25 * len(lines)))
+        key.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=max(3.0, size))
     fig.savefig(path)
     plt.close(fig)
 
