@@ -212,7 +212,7 @@ def test_refusals(tiny_onnx, tmp_path):
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
 
-    from slimship.compress.vocab import VocabConfig, trim_vocab, wordpiece_spec
+    from slimship.compress.vocab import VocabConfig, tokenizer_spec, trim_vocab
 
     result = subprocess.run(slimship_cmd("trim-vocab", "--model", str(tmp_path / "nothing"), "--data",
                                          str(DEMO_DATA), "--out", str(tmp_path / "out")),
@@ -226,9 +226,9 @@ def test_refusals(tiny_onnx, tmp_path):
         trim_vocab(tiny_onnx, tmp_path / "o", DataConfig(), VocabConfig())
     with pytest.raises(UserError, match="--min-count"):
         trim_vocab(tiny_onnx, tmp_path / "o", DataConfig(str(DEMO_DATA)), VocabConfig(min_count=0))
-    bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0}, merges=[])))
-    with pytest.raises(UserError, match="WordPiece"):
-        wordpiece_spec(bpe, "bpe-model")
+    word_level = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab={"a": 0}, unk_token="a")))
+    with pytest.raises(UserError, match="supports WordPiece, BPE and Unigram tokenizers; this tokenizer's model is 'WordLevel'"):
+        tokenizer_spec(word_level, "word-level-model")
 
 
 def test_cli_prints_a_summary(tiny_teacher, tmp_path):

@@ -347,6 +347,8 @@ def _summary(metrics: dict) -> dict | None:
 def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: VocabConfig) -> Path:
     """PyTorch artifact -> PyTorch artifact whose vocabulary holds only the tokens the training data uses."""
     cfg.check()
+    if not data.path:
+        raise UserError("--data is needed: the tokens to keep are counted on its training rows")
     model_dir, out = Path(model_dir), Path(out)
     artifact.load(model_dir, format="pytorch")      # a missing or non-PyTorch artifact fails before torch loads
 
@@ -408,8 +410,6 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
         save_model_artifact(art, model, new_tokenizer)
         (art.dir / KEPT_IDS_FILE).write_text(json.dumps({"source_vocab_size": rows, "kept": kept}) + "\n")
         # Measure what was written, reloaded the way every later stage reloads it.
-    if not data.path:
-        raise UserError("--data is needed: the tokens to keep are counted on its training rows")
         written = AutoModelForSequenceClassification.from_pretrained(str(art.dir)).eval()
         written_tokenizer = AutoTokenizer.from_pretrained(str(art.dir), use_fast=True)
         after_metrics, after_logits = _evaluate(written, written_tokenizer, loaded, max_length,
