@@ -41,6 +41,7 @@ OPTIONS = {
     # data range": a tensor with a zero range); on MatMul inputs only it has a chance.
     "static-pc-percentile-matmul": dict(mode="static", per_channel=True, method="percentile", op_types=["MatMul"]),
     "static-pc-entropy-matmul": dict(mode="static", per_channel=True, method="entropy", op_types=["MatMul"]),
+    "static-default": dict(mode="static", defaults=True),    # what `slimship quantize --mode static` does
     "weight8": dict(mode="weight_only"),
     "weight8-int8compute": dict(mode="weight_only", accuracy_level=4),
 }
@@ -48,16 +49,11 @@ OPTIONS = {
 
 def feeds_for(tokenizer, texts, input_names, max_length):
     """Right-padded int64 feeds for one call, padded to its longest text (as the serving runtime pads)."""
+    # tokenizer.json pads a batch to its longest text itself: the encodings' own masks say which are padding.
     encodings = tokenizer.encode_batch(list(texts))
-    width = max(len(e.ids) for e in encodings)
-    out = {name: np.zeros((len(texts), width), dtype=np.int64) for name in input_names}
-    for i, e in enumerate(encodings):
-        n = len(e.ids)
-        out["input_ids"][i, :n] = e.ids
-        out["attention_mask"][i, :n] = 1
-        if "token_type_ids" in out:
-            out["token_type_ids"][i, :n] = e.type_ids
-    return out
+    rows = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings]}
+    return {name: np.array(rows[name], dtype=np.int64) for name in input_names}
 
 
 def probabilities(session, tokenizer, texts, input_names, max_length, batch, order=None):
@@ -101,7 +97,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from slimship.compress.quantize import (TokenizedRows, _input_names, cpu_preset, preset_settings,
-                                            quiet_root_logger, write_int8)
+                                            quiet_root_logger, static_defaults, write_int8)
     from slimship.core import artifact
     from slimship.core.data import load_data
 
@@ -125,8 +121,13 @@ def main() -> None:
     for name in args.options.split(","):
         spec = dict(OPTIONS[name])
         mode = spec.pop("mode")
+        source = src
         if spec.pop("exclude", None) == "ffn_out":
             spec["nodes_to_exclude"] = ffn_output_matmuls(src)
+        if spec.pop("defaults", False):
+            (work / "defaults").mkdir(exist_ok=True)
+            source, defaults = static_defaults(src, work / "defaults")
+            spec.update(defaults)
         target = work / f"{name}.onnx"
         settings = preset_settings(preset, mode == "static", spec.get("per_channel", False))
         reader = TokenizedRows(model_dir, calibration, manifest["max_length"], input_names) \
@@ -135,7 +136,7 @@ def main() -> None:
         try:
             with quiet_root_logger():
                 (work / name).mkdir()     # its own calibration cache: a cache made by another method is refused
-                write_int8(src, target, mode, settings, reader=reader, work_dir=work / name, **spec)
+                write_int8(source, target, mode, settings, reader=reader, work_dir=work / name, **spec)
         except Exception as e:        # an option ONNX Runtime cannot build is a result too
             failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             print(f"FAILED {name}: {failed[name]}", flush=True)

@@ -106,3 +106,23 @@ def test_embedding_bits_cli_and_refusals(tiny_onnx, tmp_path):
         quantize(tiny_onnx, tmp_path / "b", None, QuantizeConfig(embedding_bits=2))
     with pytest.raises(UserError, match="power of two"):
         quantize(tiny_onnx, tmp_path / "s", None, QuantizeConfig(embedding_bits=4, embedding_block_size=100))
+
+
+@pytest.mark.parametrize("mode", ["static", "weight_only"])
+def test_batch_invariant_modes_answer_each_text_alike_in_any_batch(tiny_onnx, tmp_path, mode):
+    """Static QDQ (fixed scales) and weight-only (float activations) give a text the same label and score alone
+    and among 31 others; the manifest says so. Dynamic INT8 is recorded as batch-dependent."""
+    from slimship.compress.quantize import QuantizeConfig, batch_invariant, quantize
+    from slimship.core.runtime import Classifier, softmax
+
+    out = quantize(tiny_onnx, tmp_path / mode, DataConfig(str(DEMO_DATA)), QuantizeConfig(mode=mode, calibration=32))
+    q = artifact.load(out)["quantization"]
+    assert q["mode"] == mode and q["batch_invariant"] is True and batch_invariant("dynamic") is False
+    if mode == "static":
+        assert q["operators"] == ["MatMul", "Gather"] and len(q["kept_fp32"]) == 2   # the tiny model's 2 FFNs
+    clf = Classifier(out, threads=2)
+    texts = _validation_texts()[:64]
+    alone = softmax(np.concatenate([clf.logits([t]) for t in texts]))
+    batched = softmax(np.concatenate([clf.logits(texts[i:i + 32]) for i in (0, 32)]))
+    assert (alone.argmax(-1) == batched.argmax(-1)).all()
+    np.testing.assert_allclose(alone, batched, atol=1e-5)

@@ -17,7 +17,7 @@ from slimship.train.config import FineTuneConfig, TrainConfig
 TeacherLogits = Literal["cache", "online"]
 Importance = Literal["taylor", "magnitude"]
 Optimize = Literal["none", "O1", "O2", "O3"]
-QuantizeMode = Literal["dynamic", "static"]
+QuantizeMode = Literal["dynamic", "static", "weight_only"]
 Method = Literal["minmax", "entropy", "percentile"]
 Preset = Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"]
 EmbeddingBits = Literal[8, 4]
@@ -157,7 +157,8 @@ class ExportConfig:
 @dataclass
 class QuantizeConfig:
     mode: QuantizeMode = field(default="dynamic", metadata=opt(
-        "dynamic: int8 weights, activations at run time; static: calibrated QDQ"))
+        "dynamic: int8 weights, activation scale per call (labels depend on batch-mates); static: calibrated "
+        "QDQ; weight_only: 8-bit MatMul weights, float activations (both batch-invariant)"))
     per_channel: bool = field(default=False, metadata=opt("one scale per output channel of each weight"))
     calibration: int = field(default=128, metadata=opt("training rows to calibrate on (static)"))
     method: Method = field(default="minmax", metadata=opt("static calibration method"))
