@@ -181,3 +181,22 @@ def test_trimmed_vocabulary_predicts_the_same_on_covered_texts(family, kind, tin
                                      return_tensors="pt")).logits.numpy()
 
     np.testing.assert_allclose(logits(out, trimmed), logits(checkpoint, original), atol=1e-5)
+
+
+def test_search_skips_and_reports_what_a_family_cannot_prune():
+    """The search leaves out grid entries a family cannot do, with the reason, instead of failing later."""
+    from slimship.compress.config import Grid
+    from slimship.compress.search import grid_for_family
+
+    grid = Grid(prune=[{}, {"heads": 0.5, "ffn": 0.5}, {"heads": 0.25, "hidden": 0.25}, {"ffn": 0.5}],
+                optimize=["none", "O2"])
+    kept, skipped = grid_for_family({"model_type": "deberta-v2"}, grid)
+    assert kept.prune == [{}, {"heads": 0.25, "hidden": 0.25}, {"ffn": 0.5}]
+    assert [s["grid"] for s in skipped] == ["prune {'heads': 0.5, 'ffn': 0.5}"]
+    assert "same fraction" in skipped[0]["reason"]
+    kept, skipped = grid_for_family({"model_type": "modernbert"}, grid)
+    assert kept.prune == [{}, {"ffn": 0.5}] and kept.optimize == ["none"]
+    assert {s["grid"] for s in skipped} == {"optimize O2", "prune {'heads': 0.5, 'ffn': 0.5}",
+                                            "prune {'heads': 0.25, 'hidden': 0.25}"}
+    kept, skipped = grid_for_family({"model_type": "bert"}, grid)
+    assert kept.prune == grid.prune and not skipped

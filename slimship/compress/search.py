@@ -293,10 +293,16 @@ def grid_for_family(config: dict, grid: Grid) -> tuple[Grid, list[dict]]:
     for entry in grid.prune:
         refused = [op for op, ratio in entry.items() if ratio and (
             pruning is None or family.attention is None or pruning.refusal(op))]
+        # A config that ties heads x head size to the hidden size (DeBERTa) can only lose both by one fraction.
+        untied = (pruning is not None and pruning.head_config == "tied"
+                  and (entry.get("heads") or 0) != (entry.get("hidden") or 0))
         if refused:
             why = pruning.refusal(refused[0]) if pruning is not None and pruning.refusal(refused[0]) else \
                 "structured pruning is not supported for this family"
             skipped.append({"grid": f"prune {entry}", "reason": f"{family.name}: {why}"})
+        elif untied:
+            skipped.append({"grid": f"prune {entry}", "reason": f"{family.name}: its config needs heads x head "
+                            "size = hidden size, so heads and hidden must be pruned by the same fraction"})
         else:
             prune.append(entry)
     return replace(grid, optimize=optimize, prune=prune), skipped
