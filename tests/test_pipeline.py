@@ -86,7 +86,7 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, bento_home):
         assert f"{stage}: unchanged" in again.stderr
 
     # A change late in the chain reruns that stage only, never training.
-    config.write_text(TINY_RUN.replace("quantize: [dynamic]", "quantize: [none]"))
+    config.write_text(TINY_RUN.replace("quantize: [static]", "quantize: [none]"))
     changed = run_cli(config, out)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "train: unchanged" in changed.stderr and "compress: running" in changed.stderr
