@@ -11,6 +11,7 @@ import contextlib
 import io
 from pathlib import Path
 
+from slimship.train import families
 from slimship.train.artifacts import count_parameters
 
 
@@ -21,7 +22,7 @@ def example_inputs(model, max_length: int = 128, batch_size: int = 1) -> dict:
     vocab = int(getattr(model.config, "vocab_size", 2))
     ids = torch.full((batch_size, max_length), min(1, vocab - 1), dtype=torch.long)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if getattr(model.config, "type_vocab_size", 0):
+    if families.family_of(model, "profile").takes_token_type_ids:  # the family adapter knows its inputs
         inputs["token_type_ids"] = torch.zeros_like(ids)
     return inputs
 
