@@ -289,7 +289,7 @@ def grid_for_family(config: dict, grid: Grid) -> tuple[Grid, list[dict]]:
         if not optimize and grid.optimize:
             optimize = ["none"]
     prune = []
-    pruning = getattr(families, "PRUNING", {}).get(family.name)
+    pruning = families.PRUNING.get(family.name)
     for entry in grid.prune:
         refused = [op for op, ratio in entry.items() if ratio and (
             pruning is None or family.attention is None or pruning.refusal(op))]
