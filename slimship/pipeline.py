@@ -100,7 +100,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     pipe.stage("train", train_key, run_train, _artifact_intact)
 
     compress_dir = out / "compress"
-    compress_key = content_key({"stage": "compress", "config": {**asdict(cfg.compress), "train": cfg.compress.train.key()},
+    compress_config = {**asdict(cfg.compress), "train": cfg.compress.train.key()}
+    if cfg.compress.unlabeled:   # its contents, like the data's
+        compress_config["unlabeled"] = artifact.sha256_file(Path(cfg.compress.unlabeled))
+    compress_key = content_key({"stage": "compress", "config": compress_config,
                                 "data": cfg.compress_data.fingerprint(), "teacher": train_key})
 
     def run_compress() -> str:

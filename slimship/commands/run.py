@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
     from slimship.pipeline import RunConfig
 
     add_options(parser, RunConfig)
-    add_options(parser, CompressConfig, only=("max_accuracy_drop",))
+    add_options(parser, CompressConfig, only=("max_accuracy_drop", "unlabeled"))
     add_data_options(parser)
     require(parser, "data")
 

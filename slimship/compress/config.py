@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from slimship.core.config import DataConfig, annotations_of, opt, parse_dataclass, validate
@@ -49,8 +50,49 @@ def parse_layers(text: str) -> int | list[int]:
     return values[0]
 
 
+AUGMENT_METHODS = ("substitute", "mask", "drop")   # compress/augment.py
+
+
+def parse_methods(text: str) -> str:
+    """"substitute,mask" -> the same, checked (a config file may give a list)."""
+    items = text if isinstance(text, (list, tuple)) else [m.strip() for m in str(text).split(",") if m.strip()]
+    bad = [m for m in items if m not in AUGMENT_METHODS]
+    if bad or not items:
+        raise UserError(f"--augment-methods: {', '.join(bad) or 'nothing given'}: give a comma list of "
+                        f"{', '.join(AUGMENT_METHODS)}")
+    return ",".join(items)
+
+
 @dataclass
-class DistillConfig(TrainConfig):
+class TransferOptions:
+    """What a student learns the teacher from besides the labelled training rows (compress/augment.py). Every
+    extra text is labelled by the teacher; the counts go in the student's manifest."""
+
+    # Off until measured: bench/bench_transfer.py compares it with plain distillation on a fixed teacher.
+    augment: int = field(default=0, metadata=opt(
+        "augmented copies of each training text added to the transfer set, labelled by the teacher (0: off)"))
+    augment_methods: str = field(default="substitute,mask", metadata=opt(
+        "how copies are made, taking turns: substitute (words swapped for embedding neighbours), mask (a span "
+        "masked), drop (words dropped)", parse=parse_methods))
+    unlabeled: str | None = field(default=None, metadata=opt(
+        "a file of in-domain text without labels (CSV, TSV, JSONL or Parquet; the --text-column) added to the "
+        "transfer set, labelled by the teacher"))
+    hidden_weight: float = field(default=0.0, metadata=opt(
+        "weight of the hidden-state MSE against the teacher over the layer map (0: off; runs the teacher in "
+        "every step)"))
+
+    def check_transfer(self) -> None:
+        if not isinstance(self.augment, int) or self.augment < 0:
+            raise UserError(f"--augment must be a whole number of copies, 0 or more, not {self.augment!r}")
+        self.augment_methods = parse_methods(self.augment_methods)
+        if self.unlabeled is not None and not Path(self.unlabeled).is_file():
+            raise UserError(f"--unlabeled {self.unlabeled}: no such file")
+        if self.hidden_weight < 0:
+            raise UserError(f"--hidden-weight must be 0 or more, not {self.hidden_weight}")
+
+
+@dataclass
+class DistillConfig(TransferOptions, TrainConfig):
     layers: int | list[int] = field(default=3, metadata=opt(
         "student depth: N teacher layers evenly spaced, or a comma list of 0-based layer indices to keep, "
         "e.g. 0,2,5 (one index: 0,)", parse=parse_layers))
@@ -60,8 +102,6 @@ class DistillConfig(TrainConfig):
     temperature: float = field(default=2.0, metadata=opt("softmax temperature T"))
     alpha: float = field(default=0.5, metadata=opt(
         "weight of the distillation term; 1 - alpha goes to the labels"))
-    hidden_weight: float = field(default=0.0, metadata=opt(
-        "weight of the hidden-state MSE over the layer map (0: off)"))
     teacher_logits: TeacherLogits = field(default="cache", metadata=opt(
         "compute the teacher's logits once before training (cache, faster on CPU) or in every step (online)"))
 
@@ -71,14 +111,13 @@ class DistillConfig(TrainConfig):
             raise UserError(f"--temperature must be positive, not {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha must be in [0, 1], not {self.alpha}")
-        if self.hidden_weight < 0:
-            raise UserError(f"--hidden-weight must be 0 or more, not {self.hidden_weight}")
+        self.check_transfer()
         if self.teacher_logits not in TEACHER_LOGITS:
             raise UserError(f"--teacher-logits must be one of {', '.join(TEACHER_LOGITS)}, not {self.teacher_logits!r}")
 
 
 @dataclass
-class PruneConfig(FineTuneConfig):
+class PruneConfig(TransferOptions, FineTuneConfig):
     """Pruning ratios and the recovery fine-tuning after each step (its length is recovery_epochs)."""
 
     heads: float = field(default=0.0, metadata=opt("fraction of attention heads removed per layer"))
@@ -112,6 +151,7 @@ class PruneConfig(FineTuneConfig):
             raise UserError("--recovery-epochs must be 0 (no recovery) or more")
         if self.importance_batches < 1:
             raise UserError("--importance-batches must be at least 1")
+        self.check_transfer()
 
     def recovery_config(self) -> TrainConfig:
         """The Trainer options of one step's recovery: the shared options, recovery_epochs split over the steps."""
@@ -271,6 +311,9 @@ class CompressConfig:
     allow_batch_dependent: bool = field(default=False, metadata=opt(
         "let dynamic INT8 be chosen: its per-call activation scale makes a text's label depend on the other "
         "texts in its batch (by default only batch-invariant candidates are chosen)"))
+    unlabeled: str | None = field(default=None, metadata=opt(
+        "a file of in-domain text without labels (CSV, TSV, JSONL or Parquet; the --text-column): every student "
+        "also learns the teacher's answers on it, in distillation and in pruning recovery"))
     latency_rows: int = field(default=200, metadata=opt("batch-1 calls timed per candidate"))
     throughput_rows: int = field(default=512, metadata=opt("rows timed at batch 32 per candidate"))
 
@@ -283,5 +326,7 @@ class CompressConfig:
             raise UserError(f"--max-model-mb must be a positive number of MB, not {self.max_model_mb!r}")
         if self.threads is not None and self.threads < 1:
             raise UserError("--threads must be at least 1")
+        if self.unlabeled is not None and not Path(self.unlabeled).is_file():
+            raise UserError(f"--unlabeled {self.unlabeled}: no such file")
         self.grid.check()
         self.train.check()

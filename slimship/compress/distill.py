@@ -193,17 +193,57 @@ class KDDataset(TokenizedDataset):
         return item
 
 
-def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str):
-    """The training set for distillation, with the teacher's logits cached when ``mode`` is "cache"."""
+def read_unlabeled(data: DataConfig, cfg) -> list[str]:
+    """The ``--unlabeled`` file's texts (cfg is a TransferOptions), read before any work so a bad file stops
+    the stage at once."""
+    from slimship.core.data import read_texts
+
+    if not cfg.unlabeled:
+        return []
+    texts, skipped = read_texts(cfg.unlabeled, data.text_column)
+    if skipped:
+        stage_log(f"{cfg.unlabeled}: skipped {skipped} rows with empty text")
+    return texts
+
+
+def transfer_texts(teacher, tokenizer, train_texts: list[str], unlabeled: list[str], cfg) -> tuple[list[str], dict]:
+    """The texts a student learns from besides the labelled rows: augmented copies of the training texts and the
+    unlabeled texts (cfg is a TransferOptions). Returns them and the counts for the manifest."""
+    from slimship.compress.augment import augmented_texts
+
+    started = time.time()
+    augmented: list[str] = []
+    if cfg.augment > 0:
+        embeddings = teacher.get_input_embeddings().weight.detach().float().cpu().numpy()
+        augmented = augmented_texts(train_texts, tokenizer, embeddings, cfg.augment,
+                                    cfg.augment_methods.split(","), seed=cfg.seed)
+    counts = {"labelled": len(train_texts), "augmented": len(augmented), "unlabeled": len(unlabeled),
+              "augment": cfg.augment, "methods": cfg.augment_methods if cfg.augment else None,
+              "unlabeled_file": str(cfg.unlabeled) if cfg.unlabeled else None,
+              "seconds": round(time.time() - started, 2)}
+    if augmented or unlabeled:
+        stage_log(f"transfer set: {len(train_texts)} labelled rows + {len(augmented)} augmented + "
+                  f"{len(unlabeled)} unlabeled texts, all labelled by the teacher")
+    return augmented + list(unlabeled), counts
+
+
+def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str, extra_texts=()):
+    """The training set for distillation: the labelled rows and ``extra_texts``, which take the teacher's
+    prediction as their label. The teacher's logits are cached with each row when ``mode`` is "cache"."""
     from slimship.train.artifacts import predict_logits
 
-    if mode != "cache":
+    extra = list(extra_texts)
+    if mode != "cache" and not extra:
         return TokenizedDataset(tokenizer, texts, labels, cfg.max_length), None
     started = time.time()
-    logits = predict_logits(teacher, tokenizer, texts, cfg.max_length, cfg.eval_batch_size)
+    all_texts = list(texts) + extra
+    logits = predict_logits(teacher, tokenizer, all_texts, cfg.max_length, cfg.eval_batch_size)
+    all_labels = list(labels) + logits[len(texts):].argmax(-1).tolist()
     seconds = round(time.time() - started, 2)
-    stage_log(f"cached the teacher's logits for {len(texts)} training rows in {seconds} s")
-    return KDDataset(tokenizer, texts, labels, cfg.max_length, logits), seconds
+    stage_log(f"the teacher labelled {len(all_texts)} training texts in {seconds} s")
+    if mode != "cache":
+        return TokenizedDataset(tokenizer, all_texts, all_labels, cfg.max_length), seconds
+    return KDDataset(tokenizer, all_texts, all_labels, cfg.max_length, logits), seconds
 
 
 # --- the stage -------------------------------------------------------------------------------------------------
@@ -227,6 +267,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
 
     cfg.check()
     out = Path(out)
+    unlabeled = read_unlabeled(data, cfg)
     teacher_manifest, teacher, tokenizer = load_pytorch_artifact(teacher_dir)
     labels = teacher_manifest["labels"]
     amp = recipe.resolve_amp(cfg.amp)
@@ -257,7 +298,9 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
               f"teacher logits {mode}")
 
     train_split = loaded.splits["train"]
-    train_set, cache_seconds = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode)
+    extra, transfer = transfer_texts(teacher, tokenizer, train_split.texts, unlabeled, cfg)
+    train_set, cache_seconds = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode,
+                                            extra)
     val = loaded.splits.get("validation")
     eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
     work_dir = work_dir_for(out)
@@ -288,6 +331,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
                 distillation={"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight,
                               "teacher_logits": mode, "teacher_logits_seconds": cache_seconds,
                               "layer_map": layer_map if cfg.hidden_weight > 0 else None},
+                transfer=transfer,
                 data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
                       for name, s in loaded.splits.items()},
             )

@@ -355,6 +355,27 @@ def importance_batches(tokenizer, texts: list[str], labels: list[int], cfg: Prun
     return batches
 
 
+def kd_recovery_options(source: dict, model, teacher, cfg: PruneConfig) -> dict[str, Any]:
+    """The DistillTrainer's options for recovery from ``teacher``: the logit loss, and with ``hidden_weight`` the
+    hidden states matched layer by layer (a distilled student's layers to the teacher layers it was copied from)."""
+    from slimship.compress.distill import hidden_layer_map
+    from slimship.train import families
+
+    options = dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, hidden_weight=0.0, layer_map=None)
+    if cfg.hidden_weight <= 0:
+        return options
+    if cfg.hidden > 0 or model.config.hidden_size != teacher.config.hidden_size:
+        raise UserError("--hidden-weight needs the pruned model's hidden size to stay the teacher's: drop --hidden "
+                        "or --hidden-weight")
+    student_depth = families.family_of(model.config, "prune").depth(model.config)
+    teacher_depth = families.family_of(teacher.config, "prune").depth(teacher.config)
+    kept = (source.get("student") or {}).get("kept_layers")
+    if kept is None and student_depth == teacher_depth:
+        kept = list(range(teacher_depth))
+    options.update(hidden_weight=cfg.hidden_weight, layer_map=hidden_layer_map(student_depth, teacher_depth, kept))
+    return options
+
+
 def _summary(metrics: dict) -> dict | None:
     validation = metrics.get("validation")
     return {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"]} if validation else None
@@ -368,7 +389,7 @@ def _load_model(path: Path):
 
 def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     """Prune a PyTorch artifact's model in ``cfg.steps`` steps with recovery, and write a PyTorch artifact."""
-    from slimship.compress.distill import distill_trainer_class, kd_train_set, metric_delta
+    from slimship.compress.distill import distill_trainer_class, kd_train_set, metric_delta, read_unlabeled, transfer_texts
     from slimship.compress.profile import example_inputs, model_profile, weights_size
     from slimship.train import recipe
     from slimship.train.recipe import TokenizedDataset
@@ -376,6 +397,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
 
     cfg.check()
     out, teacher_dir = Path(out), cfg.teacher
+    unlabeled = read_unlabeled(data, cfg) if teacher_dir is not None else []
     source, model, tokenizer = load_pytorch_artifact(model_dir)
     labels = source["labels"]
     teacher = None
@@ -404,11 +426,17 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
 
     recovery_cfg = None
     train_set = eval_set = None
+    transfer, kd_options = None, {}
     if cfg.recovery_epochs > 0:
         recovery_cfg = cfg.recovery_config()
-        if teacher is not None:  # the teacher's logits, cached once for every step's recovery
-            train_set, _ = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, "cache")
+        if teacher is not None:  # the teacher labels the transfer set once for every step's recovery
+            kd_options = kd_recovery_options(source, model, teacher, cfg)
+            extra, transfer = transfer_texts(teacher, tokenizer, train_split.texts, unlabeled, cfg)
+            mode = "online" if kd_options["hidden_weight"] > 0 else "cache"
+            train_set, _ = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode, extra)
         else:
+            if cfg.augment or cfg.unlabeled:
+                stage_log("no --teacher: the transfer set (--augment, --unlabeled) needs one to label it; unused")
             train_set = TokenizedDataset(tokenizer, train_split.texts, train_split.labels, cfg.max_length)
         eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
 
@@ -435,9 +463,8 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
         stage_log(f"step {k}/{cfg.steps}: pruned to {record['shape']}; validation {record['after_pruning']}")
         if recovery_cfg is not None:
             trainer_class = distill_trainer_class() if teacher is not None else None
-            extra = dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha) if teacher is not None else {}
             trainer = recipe.build_trainer(model, tokenizer, train_set, eval_set, recovery_cfg, step_dir / "trainer",
-                                           labels, amp, trainer_class=trainer_class, **extra)
+                                           labels, amp, trainer_class=trainer_class, **kd_options)
             outcome = recipe.run(trainer, recovery_cfg, step_dir / "trainer")
             model = recipe.trained_model(trainer)
             record["recovery"] = {k2: outcome[k2] for k2 in ("epochs_run", "steps", "stopped_early", "best_metric",
@@ -474,6 +501,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
             validation_trace={"before": _summary(before), "after_pruning": history[-1]["after_pruning"],
                               "after_recovery": history[-1].get("after_recovery")},
             delta={"validation": metric_delta(_summary(metrics), _summary(before))},
+            transfer=transfer,
             early_stopping=outcomes[-1] if outcomes else None,
             data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
                   for name, s in loaded.splits.items()},

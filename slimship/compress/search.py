@@ -116,11 +116,12 @@ class Search:
         data_over = {k: v for k, v in overrides.items() if k in data_keys}
         own = {k: v for k, v in overrides.items() if k not in data_keys}
         data = replace(self.data, **data_over)
+        transfer = {"unlabeled": self.cfg.unlabeled} if self.cfg.unlabeled else {}
         if node.stage == "distill":
-            return data, DistillConfig(**{**t.as_dict(), **own, **node.options})
+            return data, DistillConfig(**{**t.as_dict(), **transfer, **own, **node.options})
         if node.stage == "prune":
             base = {f.name: getattr(t, f.name) for f in fields(PruneConfig) if hasattr(t, f.name)}
-            return data, PruneConfig(**{**base, **own, **node.options, "teacher": str(self.teacher_dir)})
+            return data, PruneConfig(**{**base, **transfer, **own, **node.options, "teacher": str(self.teacher_dir)})
         if node.stage == "vocab":    # every training row is counted unless the grid says otherwise
             data = replace(self.data, max_train_rows=None, **data_over)
             return data, VocabConfig(**{"eval_batch_size": t.eval_batch_size, "quiet": t.quiet, **own})
@@ -146,6 +147,8 @@ class Search:
         data, cfg = self.settings(node)
         # Contents, not paths: the data files' digests, the parent's key (down to the teacher's manifest digest).
         options = {k: v for k, v in asdict(cfg).items() if k not in ("quiet", "resume", "teacher")}
+        if options.get("unlabeled"):   # its contents, like the data's
+            options["unlabeled"] = artifact.sha256_file(Path(options["unlabeled"]))
         return content_key({"stage": node.stage, "options": node.options, "parent": self.key(node.parent),
                             "data": self.fingerprint(data), "config": options})
 

@@ -250,6 +250,23 @@ def read_examples(path: Path, text_column: str, label_column: str) -> tuple[list
     return texts, labels, skipped
 
 
+def read_texts(path: str | Path, text_column: str) -> tuple[list[str], int]:
+    """Every non-empty text of one file's text column (unlabelled text); empty texts are skipped and counted."""
+    path = Path(path)
+    texts, skipped = [], 0
+    for row_number, row in iter_rows(path, [text_column]):
+        text = row[text_column]
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{path}: row {row_number}: column {text_column!r} is not text ({type(text).__name__})")
+        if text is None or not text.strip():
+            skipped += 1
+            continue
+        texts.append(text)
+    if not texts:
+        raise DataError(f"{path}: no usable rows (empty file, or every text is empty)")
+    return texts, skipped
+
+
 def find_split_files(directory: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for split, aliases in SPLIT_ALIASES.items():

@@ -1,0 +1,146 @@
+"""The transfer set: augmented copies and unlabeled text, labelled by the teacher; hidden-state KD in recovery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import slimship_cmd
+from family_models import _tokenizer
+from slimship.compress.augment import (WordVocabulary, augmented_texts, drop_words, embedding_neighbours,
+                                       mask_span)
+from slimship.compress.config import DistillConfig, PruneConfig
+from slimship.core import artifact
+from slimship.core.config import DataConfig
+from slimship.core.errors import UserError
+
+TEXTS = ["the movie was good and the acting was great", "a slow boring film", "great story , bad ending"]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta"])
+def test_word_vocabulary_holds_whole_words_only_in_each_tokenizer_kind(family):
+    tokenizer, _ = _tokenizer(family)
+    vocab = WordVocabulary.of(tokenizer)
+    assert len(vocab.ids) > 20
+    special = set(tokenizer.all_special_ids)
+    for word, token_id in vocab.ids.items():
+        assert word.isalpha() or "'" in word
+        assert token_id not in special
+        # a whole word: encoded alone (as a word, not a continuation) it is that one token
+        encoded = tokenizer(" " + word if family == "roberta" else word, add_special_tokens=False)["input_ids"]
+        assert encoded == [token_id], (word, encoded)
+
+
+def test_embedding_neighbours_are_the_nearest_by_cosine_and_never_the_word_itself():
+    table = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], dtype=np.float32)
+    found = embedding_neighbours(table, [0, 2], [0, 1, 2, 3, 4], k=2)
+    assert found[0] == [1, 3]
+    assert found[2] == [3, 1]
+
+
+def test_augmented_copies_are_deterministic_new_and_made_from_training_texts_only():
+    tokenizer, _ = _tokenizer("bert")
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(len(tokenizer), 16)).astype(np.float32)
+    first = augmented_texts(TEXTS, tokenizer, embeddings, copies=4, methods=["substitute", "mask", "drop"], seed=3)
+    again = augmented_texts(TEXTS, tokenizer, embeddings, copies=4, methods=["substitute", "mask", "drop"], seed=3)
+    other = augmented_texts(TEXTS, tokenizer, embeddings, copies=4, methods=["substitute", "mask", "drop"], seed=4)
+    assert first == again and first != other
+    assert 0 < len(first) <= 4 * len(TEXTS)
+    assert not set(first) & set(TEXTS) and len(set(first)) == len(first)
+    vocab = WordVocabulary.of(tokenizer)
+    known = {w for t in TEXTS for w in t.split()} | set(vocab.ids) | {tokenizer.mask_token}
+    for text in first:
+        assert set(text.split()) <= known
+    assert augmented_texts(TEXTS, tokenizer, embeddings, copies=0) == []
+    with pytest.raises(ValueError):
+        augmented_texts(TEXTS, tokenizer, embeddings, copies=1, methods=["shuffle"])
+
+
+def test_mask_and_drop_keep_a_text_of_words():
+    import random
+
+    words = "one two three four".split()
+    for seed in range(20):
+        masked = mask_span(words, random.Random(seed), "[MASK]")
+        assert len(masked) == 4 and 1 <= masked.count("[MASK]") <= 3
+        dropped_span = mask_span(words, random.Random(seed), None)
+        assert 1 <= len(dropped_span) < 4
+        assert drop_words(words, random.Random(seed), 0.99)    # never empty
+    assert mask_span(["alone"], random.Random(0), "[MASK]") == ["alone"]
+
+
+def test_transfer_options_refuse_bad_values(tmp_path):
+    with pytest.raises(UserError, match="augment-methods"):
+        DistillConfig(augment_methods="substitute,shuffle").check()
+    with pytest.raises(UserError, match="augment"):
+        DistillConfig(augment=-1).check()
+    with pytest.raises(UserError, match="no such file"):
+        DistillConfig(unlabeled=str(tmp_path / "missing.csv")).check()
+    with pytest.raises(UserError, match="no such file"):
+        PruneConfig(heads=0.5, unlabeled=str(tmp_path / "missing.csv")).check()
+
+
+def test_extra_texts_take_the_teachers_label_never_a_copied_one(tiny_teacher, demo_data):
+    from slimship.compress.distill import kd_train_set
+    from slimship.train.artifacts import load_pytorch_artifact, predict_logits
+
+    _, teacher, tokenizer = load_pytorch_artifact(tiny_teacher)
+    cfg = DistillConfig(max_length=32)
+    extra = ["a new sentence the teacher labels", "another one", "and a third"]
+    dataset, _ = kd_train_set(teacher, tokenizer, TEXTS, [0, 1, 0], cfg, "cache", extra)
+    assert len(dataset) == 6
+    expected = predict_logits(teacher, tokenizer, extra, 32).argmax(-1).tolist()
+    assert [dataset[i]["labels"] for i in range(3, 6)] == expected
+    assert [dataset[i]["labels"] for i in range(3)] == [0, 1, 0]
+    assert np.allclose(dataset[4]["teacher_logits"], predict_logits(teacher, tokenizer, extra[1:2], 32)[0], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def unlabeled_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("unlabeled") / "more.jsonl"
+    rows = [{"text": f"an unlabeled review number {i} that was quite good"} for i in range(40)] + [{"text": ""}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_distill_with_augmentation_and_unlabeled_text_counts_them(tiny_teacher, demo_data, unlabeled_file, tmp_path):
+    from slimship.compress.distill import distill
+
+    cfg = DistillConfig(layers=1, epochs=1, learning_rate=1e-3, max_length=32, quiet=True, patience=0,
+                        augment=2, augment_methods="substitute,drop", unlabeled=str(unlabeled_file))
+    out = distill(tiny_teacher, tmp_path / "student", DataConfig(str(demo_data), max_train_rows=200), cfg)
+    transfer = artifact.load(out)["transfer"]
+    assert transfer["labelled"] == 200 and transfer["unlabeled"] == 40
+    assert 200 < transfer["augmented"] <= 400 and transfer["methods"] == "substitute,drop"
+
+
+def test_prune_recovery_distils_hidden_states_and_the_transfer_set(tiny_teacher, demo_data, tmp_path):
+    from slimship.compress.prune import prune
+
+    cfg = PruneConfig(heads=0.5, ffn=0.5, recovery_epochs=1, learning_rate=1e-3, max_length=32, quiet=True,
+                      patience=0, teacher=str(tiny_teacher), hidden_weight=1.0, augment=1, importance_batches=2)
+    out = prune(tiny_teacher, tmp_path / "pruned", DataConfig(str(demo_data), max_train_rows=96, max_eval_rows=64),
+                cfg)
+    manifest = artifact.load(out)
+    assert manifest["transfer"]["augmented"] > 0
+    assert manifest["pruning"]["steps"][0]["recovery"]["steps"] > 0
+    with pytest.raises(UserError, match="hidden size"):
+        prune(tiny_teacher, tmp_path / "bad", DataConfig(str(demo_data), max_train_rows=160),
+              PruneConfig(hidden=0.5, teacher=str(tiny_teacher), hidden_weight=1.0, quiet=True))
+
+
+def test_unlabeled_file_errors_are_one_line(tiny_teacher, demo_data, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("body\nsome text\n")
+    for path, message in ((tmp_path / "none.csv", "no such file"), (bad, "text")):
+        result = subprocess.run(slimship_cmd("distill", "--teacher", str(tiny_teacher), "--data", str(demo_data),
+                                             "--out", str(tmp_path / "s"), "--unlabeled", str(path), "--layers", "1",
+                                             "--quiet"),
+                                capture_output=True, text=True)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
