@@ -142,7 +142,10 @@ class ExportConfig:
         "ONNX Runtime graph optimization / fusion level (O2/O3 fuse attention, layer norm, GELU)"))
     opset: int | None = field(default=None, metadata=opt("ONNX opset (default: optimum's choice for the model)"))
     min_agreement: float = field(default=0.995, metadata=opt(
-        "least share of parity rows whose predicted label must agree"))
+        "least share of parity rows that must agree: the predicted label (the whole label set for multilabel; "
+        "for regression, a score within --max-score-diff)"))
+    max_score_diff: float = field(default=0.01, metadata=opt(
+        "regression: the largest |score difference| of a row that still agrees (in the score's own units)"))
     max_logit_diff: float | None = field(default=None, metadata=opt(
         "also fail when any |logit difference| exceeds this (default: recorded only)"))
     batch_size: int = field(default=64, metadata=opt("rows per call when comparing"))
@@ -152,6 +155,8 @@ class ExportConfig:
             raise UserError(f"--optimize must be one of {', '.join(OPTIMIZE_LEVELS)}, not {self.optimize!r}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise UserError("--min-agreement must be between 0 and 1")
+        if self.max_score_diff < 0:
+            raise UserError("--max-score-diff must be 0 or more")
 
 
 @dataclass
