@@ -19,8 +19,8 @@ Rows whose text is missing, empty, not a string or not UTF-8 do not stop the job
 with the reason. A pair model reads the second text from ``text_pair_column`` (default ``text_pair``), with the
 same rules. The output columns follow the model's task: classification id, label, score (prob_LABEL with
 ``probs``); multilabel id, labels (those over their thresholds, highest first, joined by ';'; prob_LABEL with
-``probs``); regression id, score. The output keeps the input order; its id is the ``id_column`` or the 1-based row position
-across the inputs. ``engine="ray"`` runs the same scoring on Ray Data (slimship/score_ray.py).
+``probs``); regression id, score. The output keeps the input order; its id is the ``id_column`` or the
+1-based row position across the inputs. ``engine="ray"`` runs the same scoring on Ray Data (slimship/score_ray.py).
 """
 
 from __future__ import annotations

@@ -377,3 +377,33 @@ def test_rerank_orders_cuts_and_refuses_bad_input(pair_server, pair_model):
         answer = post(pair_server, "/classify", body)
         assert answer.status_code == 400 and "error" in answer.json(), (body, answer.text)
     assert post(pair_server, "/rerank", {"query": query, "documents": ["it was superb"]}).status_code == 200
+
+
+def test_compress_searches_on_pearson_points_and_prune_recovers_regression(regression_model, tmp_path):
+    from slimship.compress.config import CompressConfig, Grid, PruneConfig
+    from slimship.compress.prune import prune
+    from slimship.compress.search import compress
+    from slimship.core.report import load_report, render_text
+    from slimship.train.recipe import TrainConfig
+
+    data_dir, model, _ = regression_model
+    data = DataConfig(str(data_dir))
+    pruned = artifact.load(prune(model, tmp_path / "pruned", data, PruneConfig(
+        heads=0.5, ffn=0.5, recovery_epochs=1, max_length=24, learning_rate=5e-3, quiet=True, amp="off")))
+    assert pruned["task"] == "regression" and set(pruned["validation_trace"]["before"]) == {"pearson", "spearman"}
+    grid = Grid(layers=[1], prune=[{}], optimize=["none"], quantize=["dynamic"], include_teacher=True,
+                distill={"learning_rate": 5e-3})
+    cfg = CompressConfig(max_accuracy_drop=100.0, grid=grid, allow_batch_dependent=True, latency_rows=10,
+                         throughput_rows=32, threads=1,
+                         train=TrainConfig(epochs=1, max_length=24, batch_size=16, quiet=True, amp="off"))
+    out = compress(model, tmp_path / "compressed", data, cfg)
+    report = load_report(out)
+    assert report["metric"] == "pearson" and "teacher_accuracy" not in report
+    teacher_row = report["rows"][0]
+    assert teacher_row["metric"] == teacher_row["pearson"] and "spearman" in teacher_row
+    chosen = next(r for r in report["rows"] if r.get("chosen"))
+    assert chosen["delta_points"] == pytest.approx((chosen["pearson"] - report["reference"]["metric"]) * 100, abs=1e-3)
+    assert report["test"]["chosen_metric"] is not None
+    text = render_text(report)
+    assert "Pearson r %" in text and "Spearman rho %" in text and "accuracy" not in text
+    assert artifact.load(out / "model")["task"] == "regression"

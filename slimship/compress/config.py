@@ -262,7 +262,9 @@ def load_grid(path) -> Grid:
 @dataclass
 class CompressConfig:
     max_accuracy_drop: float = field(default=1.0, metadata=opt(
-        "accuracy points the chosen model may lose against the teacher, on the validation split"))
+        "points of the task's main metric the chosen model may lose against the teacher, on the validation "
+        "split: accuracy points (classification and pairs), micro-F1 points (multilabel), Pearson r x 100 "
+        "(regression)", flags=("--max-metric-drop",)))
     max_model_mb: float | None = field(default=None, metadata=opt(
         "and a model file of at most MB megabytes (default: any size); 4-bit embeddings and vocabulary trimming "
         "in the grid are what bring a MiniLM student under about 9 MB"))
@@ -283,7 +285,7 @@ class CompressConfig:
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.max_accuracy_drop < 0:
-            raise UserError("--max-accuracy-drop must be 0 or more (accuracy points)")
+            raise UserError("--max-accuracy-drop must be 0 or more (points of the main metric)")
         if self.max_model_mb is not None and not self.max_model_mb > 0:
             raise UserError(f"--max-model-mb must be a positive number of MB, not {self.max_model_mb!r}")
         if self.threads is not None and self.threads < 1:

@@ -225,8 +225,8 @@ def metric_delta(student: dict | None, teacher: dict | None) -> dict | None:
 def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     from slimship.compress.profile import model_profile, weights_size
     from slimship.train import families
-    from slimship.train.artifacts import (evaluate_model, evaluate_with_thresholds, load_pytorch_artifact, load_stage_data,
-                                          save_model_artifact, task_record, work_dir_for)
+    from slimship.train.artifacts import (evaluate_model, evaluate_with_thresholds, load_pytorch_artifact,
+                                          load_stage_data, save_model_artifact, task_record, work_dir_for)
 
     cfg.check()
     out = Path(out)

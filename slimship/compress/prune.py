@@ -373,8 +373,8 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     from slimship.compress.profile import example_inputs, model_profile, weights_size
     from slimship.train import recipe
     from slimship.train.recipe import TokenizedDataset
-    from slimship.train.artifacts import (evaluate_model, evaluate_with_thresholds, load_pytorch_artifact, load_stage_data,
-                                          save_model_artifact, task_record, work_dir_for)
+    from slimship.train.artifacts import (evaluate_model, evaluate_with_thresholds, load_pytorch_artifact,
+                                          load_stage_data, save_model_artifact, task_record, work_dir_for)
 
     cfg.check()
     out, teacher_dir = Path(out), cfg.teacher

@@ -264,7 +264,8 @@ def _is_list(value: Any) -> bool:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
+    return (value is None or (isinstance(value, float) and value != value)
+            or (isinstance(value, str) and not value.strip()))
 
 
 def label_names_of(value: Any) -> list[str]:
@@ -303,8 +304,9 @@ class RawExamples:
     file: str
 
     def pick(self, order: list[int], source: str, skipped: int) -> "RawExamples":
-        return RawExamples([self.texts[i] for i in order], None if self.pairs is None else [self.pairs[i] for i in order],
-                           [self.values[i] for i in order], [self.rows[i] for i in order], skipped, source, self.file)
+        pairs = None if self.pairs is None else [self.pairs[i] for i in order]
+        return RawExamples([self.texts[i] for i in order], pairs, [self.values[i] for i in order],
+                           [self.rows[i] for i in order], skipped, source, self.file)
 
 
 def read_examples(path: Path, text_column: str, label_column: str, pair_column: str | None = None) -> RawExamples:

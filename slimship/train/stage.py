@@ -35,7 +35,8 @@ def train(model: str, out: str | Path, data: DataConfig, cfg: TrainConfig, *,
     stage_log(f"task: {loaded.task}" + (" on sentence pairs" if loaded.text_pairs else "")
               + f", {len(loaded.labels)} label(s)")
     net = load_classifier(model, loaded.labels, trust_remote_code=trust_remote_code, seed=cfg.seed, task=loaded.task)
-    train_set = TokenizedDataset(tokenizer, loaded.splits["train"].inputs, loaded.splits["train"].labels, cfg.max_length)
+    train_split = loaded.splits["train"]
+    train_set = TokenizedDataset(tokenizer, train_split.inputs, train_split.labels, cfg.max_length)
     val = loaded.splits.get("validation")
     eval_set = TokenizedDataset(tokenizer, val.inputs, val.labels, cfg.max_length) if val else None
     work_dir = work_dir_for(out)
