@@ -214,6 +214,8 @@ def read_chunks(files: list[Path], cfg: ScoreConfig, skip_rows: int = 0,
                 chunk.ids.append(position if cfg.id_column is None else values[cfg.id_column])
                 checked = [check_text(values[column], column) for column in text_columns]
                 reason = next((r for _, r in checked if r is not None), None)
+                if reason is not None and checked[0][1] is None and "column" not in reason:
+                    reason += f" (column {pair_column!r})"      # the text was fine: say it was the pair
                 if reason is None:
                     chunk.keep.append(i)
                     chunk.texts.append(checked[0][0] if pair_column is None else (checked[0][0], checked[1][0]))

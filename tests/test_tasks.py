@@ -239,6 +239,13 @@ def test_pairs_train_export_and_score(pair_model, tmp_path):
     assert list(rows[0]) == ["row", "label", "score", "prob_0", "prob_1"]
     truth = [r["label"] for r in read_output(data_dir / "test.csv")]
     assert np.mean([r["label"] == t for r, t in zip(rows, truth)]) >= 0.9
+    # A row without its second text is rejected with the reason; the others are scored.
+    write_csv(tmp_path / "some.csv", ["text", "text_pair"], [("we talked about the song", "it was great"),
+                                                             ("we talked about the soup", "")])
+    summary = score(ScoreConfig(model=str(onnx), inputs=str(tmp_path / "some.csv"), output=str(tmp_path / "s.csv"),
+                                quiet=True))
+    assert (summary.rows_out, summary.rejected) == (1, 1)
+    assert read_output(tmp_path / "s.rejects.csv")[0]["reason"] == "empty text (column 'text_pair')"
 
 
 def test_multilabel_thresholds_answers_and_score(multilabel_model, tmp_path):
@@ -280,7 +287,7 @@ def test_multilabel_distils_with_its_thresholds_retuned(multilabel_model, tmp_pa
     from slimship.compress.distill import DistillConfig, distill
 
     data_dir, model, _ = multilabel_model
-    cfg = DistillConfig(layers=1, epochs=1, max_length=24, batch_size=16, quiet=True, patience=0)
+    cfg = DistillConfig(layers=1, max_steps=4, max_length=24, batch_size=16, quiet=True, patience=0)
     student = artifact.load(distill(model, tmp_path / "student", DataConfig(str(data_dir), label_column="labels"), cfg))
     assert student["task"] == "multilabel" and set(student["thresholds"]) == {"food", "music", "sports"}
     assert set(student["delta"]["validation"]) == {"micro_f1", "macro_f1"}
@@ -389,13 +396,13 @@ def test_compress_searches_on_pearson_points_and_prune_recovers_regression(regre
     data_dir, model, _ = regression_model
     data = DataConfig(str(data_dir))
     pruned = artifact.load(prune(model, tmp_path / "pruned", data, PruneConfig(
-        heads=0.5, ffn=0.5, recovery_epochs=1, max_length=24, learning_rate=5e-3, quiet=True, amp="off")))
+        heads=0.5, ffn=0.5, recovery_epochs=0.4, max_length=24, learning_rate=5e-3, quiet=True, amp="off")))
     assert pruned["task"] == "regression" and set(pruned["validation_trace"]["before"]) == {"pearson", "spearman"}
     grid = Grid(layers=[1], prune=[{}], optimize=["none"], quantize=["dynamic"], include_teacher=True,
                 distill={"learning_rate": 5e-3})
     cfg = CompressConfig(max_accuracy_drop=100.0, grid=grid, allow_batch_dependent=True, latency_rows=10,
                          throughput_rows=32, threads=1,
-                         train=TrainConfig(epochs=1, max_length=24, batch_size=16, quiet=True, amp="off"))
+                         train=TrainConfig(epochs=0.4, max_length=24, batch_size=16, quiet=True, amp="off"))
     out = compress(model, tmp_path / "compressed", data, cfg)
     report = load_report(out)
     assert report["metric"] == "pearson" and "teacher_accuracy" not in report
