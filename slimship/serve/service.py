@@ -23,8 +23,8 @@ Endpoints
 Input rules (all answered with a 4xx JSON error, and the server keeps serving):
   - body not JSON / not UTF-8, "texts" missing, not a list of strings, or an empty list; "probs" not a JSON
     boolean: 400 {"error", "detail"}
-  - "text_pairs" missing for a pair model, given to a single-text model, or not as long as "texts"; "query"
-    or a document empty, "top_k" below 1: 400. /rerank on a model that cannot rank: 404 (no such route)
+  - "text_pairs" missing for a pair model (a single-text model's schema has no such field) or not as long as
+    "texts"; "query" or a document empty, "top_k" below 1: 400. /rerank on a model that cannot rank: 404
   - a Content-Type other than application/json (none is taken as JSON): 415
   - more than SLIMSHIP_MAX_TEXTS texts (default 256), or a text longer than SLIMSHIP_MAX_TEXT_CHARS characters
     (default 10,000): 400. Within that limit, tokens beyond the model's max_length are truncated.
@@ -75,7 +75,6 @@ from slimship.serve.settings import ServeSettings
 # request schema. So the settings are read here, once (`slimship build` sets SLIMSHIP_MODEL before this import).
 SETTINGS = ServeSettings.from_env()
 MODEL = bentoml.models.BentoModel(SETTINGS.model)
-
 
 
 def served_shape() -> dict[str, bool]:
