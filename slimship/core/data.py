@@ -5,9 +5,14 @@ single file, which is then split deterministically with a seed. Labels may be in
 sorted (numerically when every label is an integer) so the label-to-id map is stable from run to run, and it is
 recorded in every artifact's manifest.
 
+The task (core/tasks.py) is inferred from the training labels or forced: lists (an array in JSONL/Parquet,
+names joined by ';' in CSV/TSV) make a multi-label task, numbers that are not all whole a regression, anything
+else single-label classification. A ``text_pair`` column (or ``text_pair_column``) makes sentence-pair data.
+
 Empty or whitespace-only texts are skipped and counted (they carry no signal and would only add noise); every
-other problem -- a missing column, an empty file, bytes that are not UTF-8, a missing label, a validation label
-that training never saw -- is a DataError naming the file, row and column.
+other problem -- a missing column, an empty file, bytes that are not UTF-8, a missing label or pair, a
+validation label that training never saw (alone or in a list), a score that is not a number -- is a DataError
+naming the file, row and column.
 
 Torch-free: the batch scorer streams rows through ``iter_rows`` too.
 """
