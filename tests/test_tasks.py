@@ -380,7 +380,8 @@ def test_rerank_orders_cuts_and_refuses_bad_input(pair_server, pair_model):
     for body in bad:
         answer = post(pair_server, "/rerank", body)
         assert answer.status_code == 400 and "error" in answer.json(), (body, answer.text)
-    for body in ({"texts": ["a"]}, {"texts": ["a", "b"], "text_pairs": ["c"]}):
+    for body in ({"texts": ["a"]}, {"texts": ["a", "b"], "text_pairs": ["c"]},
+                 {"texts": ["a"], "text_pairs": ["b"], "prob": True}):              # an unknown key too
         answer = post(pair_server, "/classify", body)
         assert answer.status_code == 400 and "error" in answer.json(), (body, answer.text)
     assert post(pair_server, "/rerank", {"query": query, "documents": ["it was superb"]}).status_code == 200

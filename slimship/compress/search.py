@@ -464,7 +464,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
                             speed={k: chosen[k] for k in ("latency_ms_p50", "latency_ms_p95",
                                                           "throughput_rows_s", "threads")})
     report["model"] = str((out / "model").absolute())
-    report["test"] = test_check(teacher_dir, chosen, reference, rows, data, teacher, cfg)
+    report["test"] = test_check(teacher_dir, chosen, reference, rows, data, teacher["labels"], cfg)
     write_report(out, report)
     if report["test"] and report["test"]["misses_budget"]:
         stage_log(f"WARNING: {report['test']['note']}")
@@ -537,13 +537,14 @@ def batch_dependent_note(rows: list[dict[str, Any]], cfg: CompressConfig) -> str
 
 
 def test_check(teacher_dir: Path, chosen: dict[str, Any], reference: dict[str, Any], rows: list[dict[str, Any]],
-               data: DataConfig, teacher: dict[str, Any], cfg: CompressConfig) -> dict[str, Any] | None:
+               data: DataConfig, labels: list[str], cfg: CompressConfig) -> dict[str, Any] | None:
     """With a test split: the teacher's, the reference's and the chosen model's main metric on test, and
     whether the chosen model keeps the budget there too. Selection stays on validation; this is the honest
     check."""
     from slimship.compress.evaluate import artifact_logits
     from slimship.core.data import load_configured
 
+    teacher = {**artifact.load(teacher_dir, verify=False), "labels": labels}
     split = load_configured(data, teacher, splits=("test",), sample_train=False).splits.get("test")
     if split is None or not split.texts:
         return None

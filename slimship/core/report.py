@@ -126,7 +126,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                          "another label or score in another batch (allowed by --allow-batch-dependent)")
     test = report.get("test")
     if test:
-        lines.append(f"test split ({test['rows']} rows, {name}): teacher {metric_of(test, 'teacher_') * 100:.2f}%, "
+        of_metric = "" if name == "accuracy" else f", {name}"
+        lines.append(f"test split ({test['rows']} rows{of_metric}): teacher {metric_of(test, 'teacher_') * 100:.2f}%, "
                      f"chosen {metric_of(test, 'chosen_') * 100:.2f}%"
                      + ("" if reference is None or reference.get("is_teacher") else
                         f", reference {metric_of(test, 'reference_') * 100:.2f}%")

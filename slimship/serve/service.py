@@ -23,8 +23,9 @@ Endpoints
 Input rules (all answered with a 4xx JSON error, and the server keeps serving):
   - body not JSON / not UTF-8, "texts" missing, not a list of strings, or an empty list; "probs" not a JSON
     boolean: 400 {"error", "detail"}
-  - "text_pairs" missing for a pair model (a single-text model's schema has no such field) or not as long as
-    "texts"; "query" or a document empty, "top_k" below 1: 400. /rerank on a model that cannot rank: 404
+  - "text_pairs" missing for a pair model, given to a single-text model, or not as long as "texts"; any other
+    key a request does not know; "query" or a document empty, "top_k" below 1: 400. /rerank on a model that
+    cannot rank: 404
   - a Content-Type other than application/json (none is taken as JSON): 415
   - more than SLIMSHIP_MAX_TEXTS texts (default 256), or a text longer than SLIMSHIP_MAX_TEXT_CHARS characters
     (default 10,000): 400. Within that limit, tokens beyond the model's max_length are truncated.
@@ -53,7 +54,7 @@ import time
 from typing import Annotated, Optional
 
 import bentoml
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -92,6 +93,21 @@ SHAPE = served_shape()
 
 Text = Annotated[str, Field(min_length=1, max_length=SETTINGS.max_text_chars)]
 Texts = Annotated[list[Text], Field(min_length=1, max_length=SETTINGS.max_texts)]
+
+
+class StrictRequest(bentoml.IODescriptor):
+    """A request body that refuses keys it does not know (400): "text_pairs" sent to a single-text model, or a
+    misspelt option, would otherwise be ignored and the answer silently be about something else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+TopK = Optional[Annotated[int, Field(ge=1)]]
+ClassifyInput = create_model("ClassifyInput", __base__=StrictRequest, texts=(Texts, ...), probs=(StrictBool, False))
+PairClassifyInput = create_model("PairClassifyInput", __base__=StrictRequest, texts=(Texts, ...),
+                                 text_pairs=(Texts, ...), probs=(StrictBool, False))
+RerankInput = create_model("RerankInput", __base__=StrictRequest, query=(Text, ...), documents=(Texts, ...),
+                           top_k=(TopK, None))
 
 
 class LabelScore(BaseModel):
@@ -244,7 +260,7 @@ class Classify:
 
     # The request schema follows the model served, so the published OpenAPI document is exactly what it accepts.
     if SHAPE["text_pairs"]:
-        @bentoml.api(route="/classify")
+        @bentoml.api(route="/classify", input_spec=PairClassifyInput)
         async def classify(self, texts: Texts, text_pairs: Texts, probs: StrictBool = False) -> list[Prediction]:
             """Classify sentence pairs, one text_pairs item per text: one answer per pair, in order.
             Classification: {"label", "score"}; multilabel: {"labels": [{"label", "score"}, ...]} over their
@@ -255,7 +271,7 @@ class Classify:
                                    "give one pair per text")
             return await self.answer(list(zip(texts, text_pairs)), probs)
     else:
-        @bentoml.api(route="/classify")
+        @bentoml.api(route="/classify", input_spec=ClassifyInput)
         async def classify(self, texts: Texts, probs: StrictBool = False) -> list[Prediction]:
             """Classify texts: one answer per text, in order. Classification: {"label", "score"}; multilabel:
             {"labels": [{"label", "score"}, ...]} over their thresholds; regression: {"score"}. "probs": true adds
@@ -263,9 +279,8 @@ class Classify:
             return await self.answer(texts, probs)
 
     if SHAPE["rerank"]:
-        @bentoml.api(route="/rerank")
-        async def rerank(self, query: Text, documents: Texts,
-                         top_k: Optional[Annotated[int, Field(ge=1)]] = None) -> list[Ranked]:
+        @bentoml.api(route="/rerank", input_spec=RerankInput)
+        async def rerank(self, query: Text, documents: Texts, top_k: TopK = None) -> list[Ranked]:
             """Score each document against the query and answer {"index", "score"} per document, best first (the
             first top_k when given). The pairs are batched like /classify."""
             try:
