@@ -16,8 +16,11 @@ and carries on; uncommitted part files are discarded. At the end the parts are m
 either does not exist or is complete, with exactly one row per input row: rows out + rejects = rows in.
 
 Rows whose text is missing, empty, not a string or not UTF-8 do not stop the job: they go to the rejects file
-with the reason. The output keeps the input order; its id is the ``id_column`` or the 1-based row position
-across the inputs. ``engine="ray"`` runs the same scoring on Ray Data (slimship/score_ray.py).
+with the reason. A pair model reads the second text from ``text_pair_column`` (default ``text_pair``), with the
+same rules. The output columns follow the model's task: classification id, label, score (prob_LABEL with
+``probs``); multilabel id, labels (those over their thresholds, highest first, joined by ';'; prob_LABEL with
+``probs``); regression id, score. The output keeps the input order; its id is the ``id_column`` or the
+1-based row position across the inputs. ``engine="ray"`` runs the same scoring on Ray Data (slimship/score_ray.py).
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ import numpy as np
 
 from slimship.core.errors import UserError
 from slimship.core import artifact
-from slimship.core.data import FORMATS, NOT_UTF8, BadRow, DataError, file_format, iter_rows
+from slimship.core.data import DEFAULT_PAIR_COLUMN, FORMATS, NOT_UTF8, BadRow, DataError, file_format, iter_rows
+from slimship.core.metrics import sigmoid
+from slimship.core.tasks import CLASSIFICATION, MULTILABEL, REGRESSION, takes_pairs, task_of, thresholds_of
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 STATE_FILE = "state.json"
@@ -53,6 +58,7 @@ class ScoreConfig:
     inputs: str
     output: str
     text_column: str = "text"
+    text_pair_column: str | None = None  # pair models: default "text_pair"
     id_column: str | None = None
     batch_size: int = 64
     chunk_rows: int = 4096
@@ -185,9 +191,12 @@ class Chunk:
     feeds: dict[str, np.ndarray] | None = None
 
 
-def read_chunks(files: list[Path], cfg: ScoreConfig, skip_rows: int = 0) -> Iterator[Chunk]:
-    """Cut the input stream into chunks of ``cfg.chunk_rows``; the first ``skip_rows`` rows are read past."""
-    columns = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else [])
+def read_chunks(files: list[Path], cfg: ScoreConfig, skip_rows: int = 0,
+                pair_column: str | None = None) -> Iterator[Chunk]:
+    """Cut the input stream into chunks of ``cfg.chunk_rows``; the first ``skip_rows`` rows are read past.
+    With ``pair_column`` each scorable input is a (text, text_pair) tuple."""
+    text_columns = [cfg.text_column] + ([pair_column] if pair_column else [])
+    columns = text_columns + ([cfg.id_column] if cfg.id_column else [])
     position = 0
     chunk = Chunk(start=skip_rows, rows=0, ids=[], texts=[], keep=[], rejects=[])
     for path in files:
@@ -203,10 +212,13 @@ def read_chunks(files: list[Path], cfg: ScoreConfig, skip_rows: int = 0) -> Iter
                 chunk.rejects.append((i, values.reason, shown_text(known.get(cfg.text_column))))
             else:
                 chunk.ids.append(position if cfg.id_column is None else values[cfg.id_column])
-                text, reason = check_text(values[cfg.text_column], cfg.text_column)
+                checked = [check_text(values[column], column) for column in text_columns]
+                reason = next((r for _, r in checked if r is not None), None)
+                if reason is not None and checked[0][1] is None and "column" not in reason:
+                    reason += f" (column {pair_column!r})"      # the text was fine: say it was the pair
                 if reason is None:
                     chunk.keep.append(i)
-                    chunk.texts.append(text)
+                    chunk.texts.append(checked[0][0] if pair_column is None else (checked[0][0], checked[1][0]))
                 else:
                     chunk.rejects.append((i, reason, shown_text(values[cfg.text_column])))
             if chunk.rows == cfg.chunk_rows:
@@ -216,16 +228,32 @@ def read_chunks(files: list[Path], cfg: ScoreConfig, skip_rows: int = 0) -> Iter
         yield chunk
 
 
-def result_columns(labels: list[str], id_name: str, probs: bool) -> list[str]:
-    return [id_name, "label", "score"] + ([f"prob_{label}" for label in labels] if probs else [])
+def result_columns(labels: list[str], id_name: str, probs: bool, task: str = CLASSIFICATION) -> list[str]:
+    if task == REGRESSION:
+        return [id_name, "score"]
+    first = [id_name, "labels"] if task == MULTILABEL else [id_name, "label", "score"]
+    return first + ([f"prob_{label}" for label in labels] if probs else [])
 
 
 def reject_columns(id_column: str | None) -> list[str]:
     return [ROW_COLUMN] + ([id_column] if id_column else []) + ["reason", "text"]
 
 
-def output_rows(ids: list[Any], keep: list[int], logits: np.ndarray, labels: list[str], probs: bool) -> list[list]:
-    """One output row per scored text: id, label, score (and every class probability)."""
+def output_rows(ids: list[Any], keep: list[int], logits: np.ndarray, labels: list[str], probs: bool,
+                task: str = CLASSIFICATION, thresholds: list[float] | None = None) -> list[list]:
+    """One output row per scored text: id and the answer of the task (see ``result_columns``)."""
+    if task == REGRESSION:
+        scores = np.round(logits.astype(np.float64).reshape(len(logits), -1)[:, 0], DIGITS).tolist()
+        return [[ids[i], score] for i, score in zip(keep, scores)]
+    if task == MULTILABEL:
+        p = sigmoid(logits)
+        over = p > np.asarray(thresholds if thresholds is not None else [0.5] * len(labels))
+        rounded = np.round(p, DIGITS).tolist()
+        rows = []
+        for i, row, chosen in zip(keep, rounded, over):
+            names = ";".join(labels[j] for j in sorted(np.flatnonzero(chosen).tolist(), key=lambda j: -row[j]))
+            rows.append([ids[i], names] + (row if probs else []))
+        return rows
     shifted = logits - logits.max(axis=-1, keepdims=True)
     p = np.exp(shifted)
     p /= p.sum(axis=-1, keepdims=True)
@@ -455,7 +483,7 @@ class ChunkedOutput:
 
 def id_types(files: list[Path], id_column: str | None, out_fmt: str) -> dict[str, str]:
     """Column types for Parquet output: row numbers and integer Parquet ids stay int64, other ids are strings."""
-    types = {"label": "string", "reason": "string", "text": "string", ROW_COLUMN: "int"}
+    types = {"label": "string", "labels": "string", "reason": "string", "text": "string", ROW_COLUMN: "int"}
     if id_column is None or out_fmt != "parquet":
         return types
     kind = "string"
@@ -476,6 +504,7 @@ def run_signature(cfg: ScoreConfig, files: list[Path], out_fmt: str) -> dict[str
         "model": artifact.manifest_digest(cfg.model),
         "inputs": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
         "text_column": cfg.text_column,
+        "text_pair_column": cfg.text_pair_column,
         "id_column": cfg.id_column,
         "probs": cfg.probs,
         "chunk_rows": cfg.chunk_rows,
@@ -511,8 +540,14 @@ def score(cfg: ScoreConfig, engine: Callable | None = None) -> Summary:
         raise UserError(f"{output}: the output cannot be one of the inputs")
     manifest = artifact.load(cfg.model, format="onnx")
     labels = list(manifest["labels"])
+    task = task_of(manifest)
+    if cfg.engine == "ray" and (task != CLASSIFICATION or takes_pairs(manifest)):
+        raise UserError("--engine ray scores single-text classification models; use --engine local for this "
+                        f"{task} model" + (" on sentence pairs" if takes_pairs(manifest) else ""))
+    if cfg.text_pair_column and not takes_pairs(manifest):
+        raise UserError(f"--text-pair-column {cfg.text_pair_column}: {cfg.model} takes single texts, not pairs")
     id_name = cfg.id_column or ROW_COLUMN
-    sink = ChunkedOutput(output, result_columns(labels, id_name, cfg.probs), reject_columns(cfg.id_column),
+    sink = ChunkedOutput(output, result_columns(labels, id_name, cfg.probs, task), reject_columns(cfg.id_column),
                          id_types(files, cfg.id_column, out_fmt), run_signature(cfg, files, out_fmt))
     summary = Summary(output=str(output), engine=cfg.engine)
     if not sink.open(cfg.resume, cfg.overwrite):
@@ -534,6 +569,8 @@ def score_locally(cfg: ScoreConfig, files: list[Path], labels: list[str], sink: 
     from slimship.core.runtime import Classifier, default_threads
 
     classifier = Classifier(cfg.model, threads=cfg.workers or default_threads(), verify=False)
+    pair_column = (cfg.text_pair_column or DEFAULT_PAIR_COLUMN) if classifier.text_pairs else None
+    thresholds = thresholds_of(classifier.manifest)
     timings = {"tokenize_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
 
     def tokenize(chunk: Chunk) -> Chunk:
@@ -542,13 +579,13 @@ def score_locally(cfg: ScoreConfig, files: list[Path], labels: list[str], sink: 
         timings["tokenize_s"] += time.perf_counter() - t
         return chunk
 
-    chunks = read_chunks(files, cfg, skip_rows=sink.rows_in)
+    chunks = read_chunks(files, cfg, skip_rows=sink.rows_in, pair_column=pair_column)
     stream = prefetched(chunks, tokenize) if cfg.prefetch else map(tokenize, chunks)
     for chunk in stream:
         t = time.perf_counter()
         logits = classifier.run(chunk.feeds, batch_size=cfg.batch_size)
         t2 = time.perf_counter()
-        rows = output_rows(chunk.ids, chunk.keep, logits, labels, cfg.probs)
+        rows = output_rows(chunk.ids, chunk.keep, logits, labels, cfg.probs, classifier.task, thresholds)
         rejects = [reject_row(chunk.start + i + 1, chunk.ids[i], reason, text, cfg.id_column)
                    for i, reason, text in chunk.rejects]
         sink.commit(chunk.rows, rows, rejects)

@@ -293,6 +293,15 @@ def test_the_openapi_document_describes_every_error_answer(server):
     assert answers[0].json()["detail"][0]["loc"] == ["texts", 0]
 
 
+def test_pairs_or_unknown_keys_sent_to_a_single_text_model_get_400(server):
+    """A body key the endpoint does not know is refused, not ignored: text_pairs sent to a single-text model
+    would otherwise be answered about the texts alone."""
+    for body in ({"texts": ["a film"], "text_pairs": ["a plot"]}, {"texts": ["a film"], "prob": True}):
+        response = classify(server, body)
+        assert response.status_code == 400 and response.json()["detail"][0]["type"] == "extra_forbidden"
+    assert httpx.post(server.url + "/rerank", json={"query": "q", "documents": ["d"]}, timeout=30).status_code == 404
+
+
 def test_bentoml_version_check_names_both_versions(monkeypatch):
     """The patches of BentoML's private modules refuse to run on any BentoML but the one they were written for,
     before they change anything."""

@@ -28,12 +28,13 @@ def run(args) -> int:
     data = data_config(args)
     metrics = evaluate(args.model, data.path, split=args.split, text_column=data.text_column,
                        label_column=data.label_column, max_rows=data.max_eval_rows, batch_size=args.eval_batch_size,
-                       seed=data.split_seed, validation_fraction=data.validation_fraction)
+                       seed=data.split_seed, validation_fraction=data.validation_fraction,
+                       text_pair_column=data.text_pair_column)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         print(f"{args.model} on {args.split}: {summary_line(metrics)}")
-        for label, m in metrics["per_class"].items():
+        for label, m in metrics.get("per_class", {}).items():
             print(f"  {label:<16} precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
                   f"f1 {m['f1']:.3f}  support {m['support']}")
     return 0

@@ -39,5 +39,7 @@ def run(args) -> int:
           f"agreement over {p['rows']} rows, max |Δlogit| {p['max_abs_logit_diff']:.2e}")
     validation = (m.get("metrics") or {}).get("validation")
     if validation and "metrics_from" not in m:
-        print(f"  validation accuracy {validation['accuracy'] * 100:.2f}%  macro-F1 {validation['macro_f1'] * 100:.2f}%")
+        from slimship.core.metrics import summary_line
+
+        print(f"  validation {summary_line(validation)}")
     return 0

@@ -30,14 +30,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from slimship.compress.quantize import quantize
     from slimship.core import artifact
+    from slimship.core.metrics import metric_label
 
     out = quantize(args.model, args.out, optional_data_config(args), from_args(args, QuantizeConfig))
     q = artifact.load(out)["quantization"]
     embeddings = ", word embeddings 4-bit" if q.get("embedding_bits") == 4 else ""
     line = (f"quantized {out}: {q['mode']} INT8 ({q['preset']}){embeddings}, {q['size_mb_before']:.1f} MB -> "
             f"{q['size_mb_after']:.1f} MB")
-    if "accuracy_after" in q:
-        line += (f"; accuracy {q['accuracy_before'] * 100:.2f}% -> {q['accuracy_after'] * 100:.2f}%, "
+    if "metric_after" in q:
+        line += (f"; {metric_label(q['metric'])} {q['metric_before'] * 100:.2f} -> {q['metric_after'] * 100:.2f}, "
                  f"{q['agreement'] * 100:.1f}% of predictions unchanged")
     print(line)
     return 0

@@ -2,9 +2,12 @@
 
 The input (CSV, TSV, JSONL or Parquet; or a directory or glob of them) is streamed in chunks, so memory stays
 bounded whatever its size. The output format follows its extension (.csv, .jsonl, .parquet): one row per scored
-input row, in input order, with the id (--id-column, or the 1-based row position), the predicted label, its
-score, and with --probs every class probability. Rows whose text is missing, empty, not a string or not UTF-8
-go to OUTPUT.rejects.EXT with the reason; rows out + rejects = rows in.
+input row, in input order, with the id (--id-column, or the 1-based row position) and the answer, by the
+model's task: classification "label", "score" (with --probs every class probability, prob_LABEL); multilabel
+"labels" (the labels over their thresholds, highest first, joined by ';'; with --probs prob_LABEL); regression
+"score". A model trained on sentence pairs reads the second text from --text-pair-column (default:
+text_pair). Rows whose text (or pair) is missing, empty, not a string or not UTF-8 go to OUTPUT.rejects.EXT
+with the reason; rows out + rejects = rows in.
 
 Every chunk is committed (fsynced) to OUTPUT.parts/ as it is scored; after a crash or kill, --resume carries on
 from the last committed chunk. The finished output replaces nothing unless --overwrite is given.
@@ -26,6 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input", help="CSV/TSV/JSONL/Parquet file, a directory of them, or a quoted glob")
     parser.add_argument("--output", help="output file; .csv, .jsonl or .parquet")
     parser.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    parser.add_argument("--text-pair-column",
+                        help="pair models: column holding the second text of each pair (default: text_pair)")
     parser.add_argument("--id-column", help="column to copy into the output as the id (default: the row number)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per ONNX Runtime call (default: 64)")
     parser.add_argument("--chunk-rows", type=int, default=4096,
@@ -47,7 +52,8 @@ def run(args) -> int:
     from slimship.score import ScoreConfig, score
 
     cfg = ScoreConfig(model=args.model, inputs=args.input, output=args.output, text_column=args.text_column,
-                      id_column=args.id_column, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
+                      text_pair_column=args.text_pair_column, id_column=args.id_column,
+                      batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                       workers=args.workers, probs=args.probs, resume=args.resume, overwrite=args.overwrite,
                       engine=args.engine, prefetch=not args.no_prefetch, quiet=args.quiet)
     if cfg.engine == "ray":

@@ -43,7 +43,9 @@ def run(args) -> int:
             f"({v['train_token_share_kept'] * 100:.2f}% of training tokens kept), "
             f"{before['file_size'] / 1e6:.1f} MB -> {after['file_size'] / 1e6:.1f} MB")
     if before["metrics"] and after["metrics"]:
-        line += (f"; accuracy {before['metrics']['accuracy'] * 100:.2f}% -> "
-                 f"{after['metrics']['accuracy'] * 100:.2f}%")
+        from slimship.core.metrics import main_metric_of, metric_label, shown
+
+        line += (f"; {metric_label(main_metric_of(before['metrics']))} {shown(before['metrics'])} -> "
+                 f"{shown(after['metrics'])}")
     print(line)
     return 0

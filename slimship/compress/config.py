@@ -182,7 +182,10 @@ class ExportConfig:
         "ONNX Runtime graph optimization / fusion level (O2/O3 fuse attention, layer norm, GELU)"))
     opset: int | None = field(default=None, metadata=opt("ONNX opset (default: optimum's choice for the model)"))
     min_agreement: float = field(default=0.995, metadata=opt(
-        "least share of parity rows whose predicted label must agree"))
+        "least share of parity rows that must agree: the predicted label (the whole label set for multilabel; "
+        "for regression, a score within --max-score-diff)"))
+    max_score_diff: float = field(default=0.01, metadata=opt(
+        "regression: the largest |score difference| of a row that still agrees (in the score's own units)"))
     max_logit_diff: float | None = field(default=None, metadata=opt(
         "also fail when any |logit difference| exceeds this (default: recorded only)"))
     batch_size: int = field(default=64, metadata=opt("rows per call when comparing"))
@@ -192,6 +195,8 @@ class ExportConfig:
             raise UserError(f"--optimize must be one of {', '.join(OPTIMIZE_LEVELS)}, not {self.optimize!r}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise UserError("--min-agreement must be between 0 and 1")
+        if self.max_score_diff < 0:
+            raise UserError("--max-score-diff must be 0 or more")
 
 
 @dataclass
@@ -297,7 +302,9 @@ def load_grid(path) -> Grid:
 @dataclass
 class CompressConfig:
     max_accuracy_drop: float = field(default=1.0, metadata=opt(
-        "accuracy points the chosen model may lose against the teacher, on the validation split"))
+        "points of the task's main metric the chosen model may lose against the teacher, on the validation "
+        "split: accuracy points (classification and pairs), micro-F1 points (multilabel), Pearson r x 100 "
+        "(regression)", flags=("--max-metric-drop",)))
     max_model_mb: float | None = field(default=None, metadata=opt(
         "and a model file of at most MB megabytes (default: any size); 4-bit embeddings and vocabulary trimming "
         "in the grid are what bring a MiniLM student under about 9 MB"))
@@ -321,7 +328,7 @@ class CompressConfig:
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.max_accuracy_drop < 0:
-            raise UserError("--max-accuracy-drop must be 0 or more (accuracy points)")
+            raise UserError("--max-accuracy-drop must be 0 or more (points of the main metric)")
         if self.max_model_mb is not None and not self.max_model_mb > 0:
             raise UserError(f"--max-model-mb must be a positive number of MB, not {self.max_model_mb!r}")
         if self.threads is not None and self.threads < 1:

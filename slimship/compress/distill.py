@@ -35,8 +35,11 @@ from slimship.core.errors import UserError
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
 from slimship.train import recipe
+from slimship.compress import losses
 from slimship.compress.config import TEACHER_LOGITS, DistillConfig  # noqa: F401 (the stage's options)
 from slimship.core.config import DataConfig
+from slimship.core.metrics import headline, main_metric_of, main_value, metric_label, shown
+from slimship.core.tasks import CLASSIFICATION, PROBLEM_TYPE
 from slimship.train.recipe import TokenizedDataset, TrainConfig
 
 
@@ -77,8 +80,9 @@ def student_from_teacher(teacher, indices: list[int]):
     return student
 
 
-def load_student(spec: str, labels: list[str], seed: int):
-    """A student from a config.json (randomly initialised), a checkpoint dir or a built-in model name."""
+def load_student(spec: str, labels: list[str], seed: int, task: str = "classification"):
+    """A student from a config.json (randomly initialised), a checkpoint dir or a built-in model name, with the
+    head of ``task``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from slimship.train.models import load_classifier
@@ -94,9 +98,10 @@ def load_student(spec: str, labels: list[str], seed: int):
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
+        config.problem_type = PROBLEM_TYPE[task]
         torch.manual_seed(seed)
         return AutoModelForSequenceClassification.from_config(config)
-    return load_classifier(spec, labels, seed=seed)
+    return load_classifier(spec, labels, seed=seed, task=task)
 
 
 def hidden_layer_map(student_layers: int, teacher_layers: int, kept: list[int] | None) -> list[tuple[int, int]]:
@@ -110,13 +115,9 @@ def hidden_layer_map(student_layers: int, teacher_layers: int, kept: list[int] |
 
 
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
-    """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(labels)."""
-    import torch.nn.functional as F
-
-    s, t = student_logits.float(), teacher_logits.float()
-    soft = F.kl_div(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1),
-                    log_target=True, reduction="batchmean") * temperature ** 2
-    return alpha * soft + (1.0 - alpha) * F.cross_entropy(s, labels)
+    """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(labels): the classification case of
+    ``losses.kd_loss``, which has every task's."""
+    return losses.kd_loss(CLASSIFICATION, student_logits, teacher_logits, labels, temperature, alpha)
 
 
 def hidden_mse(student_states, teacher_states, layer_map, attention_mask):
@@ -171,7 +172,8 @@ def distill_trainer_class():
                 with torch.no_grad():
                     teacher_out = self.teacher(**features, output_hidden_states=want_hidden)
             target = cached if cached is not None else teacher_out.logits
-            loss = kd_loss(outputs.logits, target, labels, self.temperature, self.alpha)
+            loss = losses.kd_loss(recipe.task_of_model(model), outputs.logits, target, labels, self.temperature,
+                                  self.alpha)
             if want_hidden:
                 loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, teacher_out.hidden_states,
                                                               self.layer_map, features["attention_mask"])
@@ -206,11 +208,16 @@ def read_unlabeled(data: DataConfig, cfg) -> list[str]:
     return texts
 
 
-def transfer_texts(teacher, tokenizer, train_texts: list[str], unlabeled: list[str], cfg) -> tuple[list[str], dict]:
+def transfer_texts(teacher, tokenizer, train_texts: list, unlabeled: list[str], cfg,
+                   task: str | None = None) -> tuple[list[str], dict]:
     """The texts a student learns from besides the labelled rows: augmented copies of the training texts and the
     unlabeled texts (cfg is a TransferOptions). Returns them and the counts for the manifest."""
     from slimship.compress.augment import augmented_texts
 
+    if (cfg.augment or unlabeled) and (task not in (None, "classification")
+                                       or any(not isinstance(t, str) for t in train_texts)):
+        raise UserError("--augment and --unlabeled work for single-text classification only (the teacher's "
+                        "argmax labels the extra texts); set --augment 0 and leave out --unlabeled")
     started = time.time()
     augmented: list[str] = []
     if cfg.augment > 0:
@@ -250,20 +257,21 @@ def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str,
 
 
 def _summary(metrics: dict | None) -> dict | None:
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]} if metrics else None
+    return headline(metrics)
 
 
 def metric_delta(student: dict | None, teacher: dict | None) -> dict | None:
     """Student minus teacher, in fractions (0.01 = one point)."""
     if not student or not teacher:
         return None
-    return {k: student[k] - teacher[k] for k in ("accuracy", "macro_f1")}
+    return {k: student[k] - teacher[k] for k in student if k in teacher}
 
 
 def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     from slimship.compress.profile import model_profile, weights_size
     from slimship.train import families
-    from slimship.train.artifacts import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
+    from slimship.train.artifacts import (evaluate_model, evaluate_with_thresholds, load_pytorch_artifact,
+                                          load_stage_data, save_model_artifact, task_record, work_dir_for)
 
     cfg.check()
     out = Path(out)
@@ -272,11 +280,11 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     labels = teacher_manifest["labels"]
     amp = recipe.resolve_amp(cfg.amp)
     stage_log(f"AMP mode: {amp} (asked: {cfg.amp})")
-    loaded = load_stage_data(data, labels=labels)
+    loaded = load_stage_data(data, manifest=teacher_manifest)
 
     teacher_layers = families.family_of(teacher.config, "distill").depth(teacher.config)
     if cfg.student:
-        student = load_student(cfg.student, labels, cfg.seed)
+        student = load_student(cfg.student, labels, cfg.seed, loaded.task)
         if student.config.vocab_size != teacher.config.vocab_size:
             raise UserError(f"--student {cfg.student}: vocabulary of {student.config.vocab_size} tokens, the "
                             f"teacher's has {teacher.config.vocab_size}; they must share the teacher's tokenizer")
@@ -298,11 +306,12 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
               f"teacher logits {mode}")
 
     train_split = loaded.splits["train"]
-    extra, transfer = transfer_texts(teacher, tokenizer, train_split.texts, unlabeled, cfg)
-    train_set, cache_seconds = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode,
+    extra, transfer = transfer_texts(teacher, tokenizer, train_split.inputs, unlabeled, cfg,
+                                     teacher_manifest.get("task"))
+    train_set, cache_seconds = kd_train_set(teacher, tokenizer, train_split.inputs, train_split.labels, cfg, mode,
                                             extra)
     val = loaded.splits.get("validation")
-    eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
+    eval_set = TokenizedDataset(tokenizer, val.inputs, val.labels, cfg.max_length) if val else None
     work_dir = work_dir_for(out)
     trainer = recipe.build_trainer(
         student, tokenizer, train_set, eval_set, cfg, work_dir, labels, amp,
@@ -313,7 +322,8 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     if recipe.is_main_process():
         student = recipe.trained_model(trainer)
         teacher_metrics = evaluate_model(teacher, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
-        metrics = evaluate_model(student, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+        metrics, thresholds = evaluate_with_thresholds(student, tokenizer, loaded, cfg.max_length,
+                                                       cfg.eval_batch_size)
         teacher_profile = model_profile(teacher, cfg.max_length)
         student_profile = model_profile(student, cfg.max_length)
         delta = metric_delta(_summary(metrics.get("validation")), _summary(teacher_metrics.get("validation")))
@@ -321,7 +331,8 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         with artifact.create(out, "distill", format="pytorch", parent=teacher_dir, config=config) as art:
             save_model_artifact(art, student, tokenizer)
             art.manifest.update(
-                labels=labels, max_length=cfg.max_length, metrics=metrics, amp=amp, early_stopping=outcome,
+                labels=labels, **task_record(loaded, thresholds), max_length=cfg.max_length, metrics=metrics, amp=amp,
+                early_stopping=outcome,
                 parameters=student_profile["parameters"], macs=student_profile["macs"],
                 file_size=weights_size(art.dir),
                 teacher={"path": str(Path(teacher_dir).absolute()), "metrics": teacher_metrics, **teacher_profile,
@@ -345,15 +356,14 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
 
 def compare_lines(name_a: str, profile_a: dict, metrics_a: dict | None,
                   name_b: str, profile_b: dict, metrics_b: dict | None) -> str:
-    """Two models side by side: parameters, MACs and validation accuracy, with the ratio / difference."""
-    def acc(m):
-        return f"{m['accuracy'] * 100:.2f}%" if m else "n/a"
+    """Two models side by side: parameters, MACs and the validation main metric, with the ratio / difference."""
+    acc = shown
 
-    lines = [f"  {'':<10}{'parameters':>14}{'MACs/row':>16}{'accuracy':>11}"]
+    lines = [f"  {'':<10}{'parameters':>14}{'MACs/row':>16}{metric_label(main_metric_of(metrics_a or metrics_b)):>11}"]
     for name, p, m in ((name_a, profile_a, metrics_a), (name_b, profile_b, metrics_b)):
         lines.append(f"  {name:<10}{p['parameters']:>14,}{p['macs']:>16,}{acc(m):>11}")
     ratio_p = profile_b["parameters"] / max(1, profile_a["parameters"])
     ratio_m = profile_b["macs"] / max(1, profile_a["macs"])
-    diff = f"{(metrics_b['accuracy'] - metrics_a['accuracy']) * 100:+.2f} pt" if metrics_a and metrics_b else "n/a"
+    diff = f"{(main_value(metrics_b) - main_value(metrics_a)) * 100:+.2f} pt" if metrics_a and metrics_b else "n/a"
     lines.append(f"  {name_b + '/' + name_a:<10}{ratio_p:>14.2f}{ratio_m:>16.2f}{diff:>11}")
     return "\n".join(lines)

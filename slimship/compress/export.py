@@ -53,26 +53,31 @@ class ParityError(UserError):
     """The ONNX graph does not reproduce the PyTorch model closely enough."""
 
 
-def parity_rows(source: dict[str, Any], data: DataConfig | None) -> tuple[list[str], list[int] | None, str]:
-    """(texts, labels or None, where they came from) for the parity check."""
-    from slimship.core.data import load_data
+def parity_rows(source: dict[str, Any], data: DataConfig | None) -> tuple[list, list | None, str]:
+    """(inputs, targets or None, where they came from) for the parity check; inputs are (text, text_pair)
+    tuples for a pair model."""
+    from slimship.core.data import load_configured
+    from slimship.core.tasks import takes_pairs
 
     if data is None or not data.path:
         recorded = source.get("config") or {}
         path = recorded.get("data")
         data = DataConfig(path, text_column=recorded.get("text_column", "text"),
-                          label_column=recorded.get("label_column", "label")) \
+                          label_column=recorded.get("label_column", "label"),
+                          text_pair_column=recorded.get("text_pair_column")) \
             if isinstance(path, str) and Path(path).exists() else None
     if data is None:
-        return list(PROBE_SENTENCES), None, "built-in probe sentences"
-    loaded = load_data(data.path, text_column=data.text_column, label_column=data.label_column,
-                       labels=source["labels"], validation_fraction=data.validation_fraction, seed=data.split_seed,
-                       splits=("validation",))
+        probes = list(PROBE_SENTENCES)
+        if takes_pairs(source):
+            return list(zip(probes, probes[1:] + probes[:1])), None, "built-in probe sentences, paired"
+        return probes, None, "built-in probe sentences"
+    loaded = load_configured(data, source, splits=("validation",), sample_train=False)
     split = loaded.splits.get("validation")
     if split is None or not split.texts:
         raise UserError(f"{data.path}: no validation rows for the parity check")
     n = data.max_eval_rows or len(split.texts)
-    return split.texts[:n], split.labels[:n], f"{split.source} (validation, {min(n, len(split.texts))} rows)"
+    split.take(slice(None, n))
+    return split.inputs, split.labels, f"{split.source} (validation, {len(split)} rows)"
 
 
 def write_provisional_manifest(builder) -> None:
@@ -122,7 +127,8 @@ def export(model_dir: str | Path, out: str | Path, data: DataConfig | None = Non
     from optimum.exporters.onnx import main_export
 
     from slimship.compress.evaluate import artifact_logits
-    from slimship.core.metrics import classification_metrics
+    from slimship.core.metrics import task_metrics
+    from slimship.core.tasks import task_of, thresholds_of
     from slimship.train import families
     from slimship.train.artifacts import load_pytorch_artifact, predict_logits
 
@@ -151,7 +157,7 @@ def export(model_dir: str | Path, out: str | Path, data: DataConfig | None = Non
                 shutil.copy(model_dir / name, art.dir / name)
         # The runtime reads no transformers config: it pads with this (RoBERTa's <pad> is id 1, not 0).
         art.manifest["tokenizer"] = families.padding_record(tokenizer)
-        art.manifest.update(labels=source["labels"], max_length=source["max_length"],
+        art.manifest.update(labels=source["labels"], **task_fields(source), max_length=source["max_length"],
                             optimize=cfg.optimize, fused_operators=fused_operators(art.dir / "model.onnx"),
                             file_mb=onnx_file_mb(art.dir / "model.onnx"))
         for key in ("parameters", "macs", "base_model"):
@@ -162,30 +168,66 @@ def export(model_dir: str | Path, out: str | Path, data: DataConfig | None = Non
         write_provisional_manifest(art)
         torch_logits = predict_logits(model, tokenizer, texts, source["max_length"], cfg.batch_size)
         onnx_logits = artifact_logits(art.dir, texts, cfg.batch_size)
-        parity = parity_record(torch_logits, onnx_logits, rows_from, cfg)
+        parity = parity_record(torch_logits, onnx_logits, rows_from, cfg, task_of(source), thresholds_of(source))
         art.manifest["parity"] = parity
-        stage_log(f"parity: argmax agreement {parity['agreement'] * 100:.2f}% over {parity['rows']} rows, "
-                  f"max |Δlogit| {parity['max_abs_logit_diff']:.2e}")
+        stage_log(f"parity: {parity['agreement_of']} agreement {parity['agreement'] * 100:.2f}% over "
+                  f"{parity['rows']} rows, max |Δlogit| {parity['max_abs_logit_diff']:.2e}")
         if not parity["passed"]:
             raise ParityError(f"{model_dir}: ONNX export failed the parity gate: {parity['reason']}; "
                               f"nothing was written to {out}")
         if labels is not None:
-            art.manifest["metrics"] = {"validation": classification_metrics(onnx_logits.argmax(-1), labels,
-                                                                            source["labels"])}
+            art.manifest["metrics"] = {"validation": task_metrics(task_of(source), onnx_logits, labels,
+                                                                  source["labels"], thresholds_of(source))}
         else:
             art.manifest["metrics"] = source.get("metrics", {})
             art.manifest["metrics_from"] = "parent (no labelled rows were given to measure the ONNX model)"
     return out
 
 
-def parity_record(torch_logits: np.ndarray, onnx_logits: np.ndarray, rows_from: str, cfg: ExportConfig) -> dict:
-    agreement = float((torch_logits.argmax(-1) == onnx_logits.argmax(-1)).mean()) if len(torch_logits) else 1.0
+def task_fields(source: dict[str, Any]) -> dict[str, Any]:
+    """The task-shape fields a derived artifact carries over from its source (absent ones stay absent)."""
+    return {key: source[key] for key in ("task", "text_pairs", "thresholds") if key in source}
+
+
+def decisions(logits: np.ndarray, task: str, thresholds: list[float] | None) -> np.ndarray:
+    """What a row's answer decides, as a comparable array: the label (classification), the set of labels over
+    their thresholds (multilabel)."""
+    from slimship.core.metrics import multilabel_decisions
+    from slimship.core.tasks import MULTILABEL
+
+    if task == MULTILABEL:
+        return multilabel_decisions(logits, thresholds)
+    return logits.argmax(-1)
+
+
+def row_agreement(logits_a: np.ndarray, logits_b: np.ndarray, task: str = "classification",
+                  thresholds: list[float] | None = None, score_tolerance: float = 0.0) -> float:
+    """The share of rows two models answer alike: the same label, the same label set, or (regression) scores
+    within ``score_tolerance`` of each other."""
+    from slimship.core.tasks import REGRESSION
+
+    if not len(logits_a):
+        return 1.0
+    if task == REGRESSION:
+        return float((np.abs(logits_a[:, 0] - logits_b[:, 0]) <= score_tolerance).mean())
+    a, b = decisions(logits_a, task, thresholds), decisions(logits_b, task, thresholds)
+    return float((a == b).reshape(len(a), -1).all(axis=1).mean())
+
+
+def parity_record(torch_logits: np.ndarray, onnx_logits: np.ndarray, rows_from: str, cfg: ExportConfig,
+                  task: str = "classification", thresholds: list[float] | None = None) -> dict:
+    """Label agreement (classification: argmax; multilabel: the whole label set), or for regression the share
+    of rows whose scores differ by at most ``cfg.max_score_diff``; the export fails below ``min_agreement``."""
+    from slimship.core.tasks import MULTILABEL, REGRESSION
+
+    agreement = row_agreement(torch_logits, onnx_logits, task, thresholds, cfg.max_score_diff)
+    agreement_of = {MULTILABEL: "label-set", REGRESSION: f"score (|Δ| <= {cfg.max_score_diff:g})"}.get(task, "argmax")
     max_diff = float(np.abs(torch_logits - onnx_logits).max()) if len(torch_logits) else 0.0
     reason = None
     if agreement < cfg.min_agreement:
-        reason = f"argmax agreement {agreement * 100:.2f}% < {cfg.min_agreement * 100:.2f}%"
+        reason = f"{agreement_of} agreement {agreement * 100:.2f}% < {cfg.min_agreement * 100:.2f}%"
     elif cfg.max_logit_diff is not None and max_diff > cfg.max_logit_diff:
         reason = f"max |Δlogit| {max_diff:.3g} > {cfg.max_logit_diff:.3g}"
     return {"rows": int(len(torch_logits)), "rows_from": rows_from, "agreement": agreement,
-            "max_abs_logit_diff": max_diff, "min_agreement": cfg.min_agreement,
+            "agreement_of": agreement_of, "max_abs_logit_diff": max_diff, "min_agreement": cfg.min_agreement,
             "max_logit_diff": cfg.max_logit_diff, "passed": reason is None, "reason": reason}

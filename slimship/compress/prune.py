@@ -36,6 +36,7 @@ from slimship.core.artifact import stage_log
 from slimship.train.families import Pruning, find_module, prune_blocks, pruning_of
 from slimship.compress.config import IMPORTANCE, PruneConfig  # noqa: F401 (the stage's options)
 from slimship.core.config import DataConfig
+from slimship.core.metrics import headline, shown
 
 
 # --- the shape of an encoder, read through its family (slimship/train/families.py) ----------------------------
@@ -342,14 +343,15 @@ def importance_batches(tokenizer, texts: list[str], labels: list[int], cfg: Prun
 
     import torch
 
+    from slimship.train.artifacts import tokenize
+
     order = list(range(len(texts)))
     random.Random(cfg.seed).shuffle(order)
     order = order[:cfg.importance_batches * cfg.batch_size]
     batches = []
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
-        batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=cfg.max_length, padding=True,
-                          return_tensors="pt")
+        batch = tokenize(tokenizer, [texts[i] for i in idx], cfg.max_length, padding=True, return_tensors="pt")
         batch["labels"] = torch.tensor([labels[i] for i in idx])
         batches.append(dict(batch))
     return batches
@@ -377,8 +379,7 @@ def kd_recovery_options(source: dict, model, teacher, cfg: PruneConfig) -> dict[
 
 
 def _summary(metrics: dict) -> dict | None:
-    validation = metrics.get("validation")
-    return {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"]} if validation else None
+    return headline(metrics.get("validation"))
 
 
 def _load_model(path: Path):
@@ -393,7 +394,8 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     from slimship.compress.profile import example_inputs, model_profile, weights_size
     from slimship.train import recipe
     from slimship.train.recipe import TokenizedDataset
-    from slimship.train.artifacts import evaluate_model, load_pytorch_artifact, load_stage_data, save_model_artifact, work_dir_for
+    from slimship.train.artifacts import (evaluate_model, evaluate_with_thresholds, load_pytorch_artifact,
+                                          load_stage_data, save_model_artifact, task_record, work_dir_for)
 
     cfg.check()
     out, teacher_dir = Path(out), cfg.teacher
@@ -409,7 +411,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     start_shape = Shape.of(model)
     removals = step_removals(plan(start_shape, cfg, model), cfg.steps, start_shape.head_dim)
     amp = recipe.resolve_amp(cfg.amp) if cfg.recovery_epochs > 0 else "off"
-    loaded = load_stage_data(data, labels=labels)
+    loaded = load_stage_data(data, manifest=source)
     train_split = loaded.splits["train"]
     val = loaded.splits.get("validation")
 
@@ -422,7 +424,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     before_profile = model_profile(model, cfg.max_length)
     before = evaluate_model(model, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
     stage_log(f"before pruning: {_summary(before)}; shape {start_shape}")
-    batches = importance_batches(tokenizer, train_split.texts, train_split.labels, cfg)
+    batches = importance_batches(tokenizer, train_split.inputs, train_split.labels, cfg)
 
     recovery_cfg = None
     train_set = eval_set = None
@@ -431,14 +433,16 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
         recovery_cfg = cfg.recovery_config()
         if teacher is not None:  # the teacher labels the transfer set once for every step's recovery
             kd_options = kd_recovery_options(source, model, teacher, cfg)
-            extra, transfer = transfer_texts(teacher, tokenizer, train_split.texts, unlabeled, cfg)
+            extra, transfer = transfer_texts(teacher, tokenizer, train_split.inputs, unlabeled, cfg,
+                                             source.get("task"))
             mode = "online" if kd_options["hidden_weight"] > 0 else "cache"
-            train_set, _ = kd_train_set(teacher, tokenizer, train_split.texts, train_split.labels, cfg, mode, extra)
+            train_set, _ = kd_train_set(teacher, tokenizer, train_split.inputs, train_split.labels, cfg, mode,
+                                        extra)
         else:
             if cfg.augment or cfg.unlabeled:
                 stage_log("no --teacher: the transfer set (--augment, --unlabeled) needs one to label it; unused")
-            train_set = TokenizedDataset(tokenizer, train_split.texts, train_split.labels, cfg.max_length)
-        eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
+            train_set = TokenizedDataset(tokenizer, train_split.inputs, train_split.labels, cfg.max_length)
+        eval_set = TokenizedDataset(tokenizer, val.inputs, val.labels, cfg.max_length) if val else None
 
     history: list[dict[str, Any]] = []
     outcomes = []
@@ -478,7 +482,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
         history.append(record)
 
     model.eval()
-    metrics = evaluate_model(model, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+    metrics, thresholds = evaluate_with_thresholds(model, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
     after_profile = model_profile(model, cfg.max_length)
     probe = example_inputs(model, min(32, cfg.max_length), batch_size=2)
     reload_diff = reload_difference(model, probe)
@@ -489,7 +493,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     with artifact.create(out, "prune", format="pytorch", parent=model_dir, config=config) as art:
         save_model_artifact(art, model, tokenizer)
         art.manifest.update(
-            labels=labels, max_length=cfg.max_length, metrics=metrics, amp=amp,
+            labels=labels, **task_record(loaded, thresholds), max_length=cfg.max_length, metrics=metrics, amp=amp,
             parameters=after_profile["parameters"], macs=after_profile["macs"], file_size=weights_size(art.dir),
             before={**before_profile, "file_size": weights_size(model_dir), "shape": start_shape.__dict__,
                     "metrics": _summary(before)},
@@ -512,9 +516,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
 
 
 def print_prune_summary(out, before_profile, before, history, after_profile, after) -> None:
-    def acc(m):
-        return f"{m['accuracy'] * 100:.2f}%" if m else "n/a"
-
+    acc = shown
     lines = [f"== pruned {out} ==",
              f"  before          {acc(before)}  {before_profile['parameters']:,} params  "
              f"{before_profile['macs']:,} MACs/row"]

@@ -116,13 +116,13 @@ def preset_settings(preset: str, static: bool, per_channel: bool) -> dict[str, A
 class TokenizedRows:
     """ONNX Runtime calibration reader: one tokenized row per step, fed through the artifact's own tokenizer."""
 
-    def __init__(self, artifact_dir: Path, texts: list[str], max_length: int, input_names: list[str]):
+    def __init__(self, artifact_dir: Path, texts: list, max_length: int, input_names: list[str]):
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(artifact_dir / "tokenizer.json"))
         tokenizer.enable_truncation(max_length=max_length)
         self.feeds = []
-        for enc in tokenizer.encode_batch(texts):
+        for enc in tokenizer.encode_batch([t if isinstance(t, str) else tuple(t) for t in texts]):
             row = {"input_ids": [enc.ids], "attention_mask": [enc.attention_mask], "token_type_ids": [enc.type_ids]}
             self.feeds.append({k: np.array(row[k], dtype=np.int64) for k in input_names})
         self.position = 0
@@ -137,29 +137,26 @@ class TokenizedRows:
         self.position = 0
 
 
-def _calibration_texts(data: DataConfig, cfg: QuantizeConfig, labels: list[str]) -> list[str]:
+def _calibration_texts(data: DataConfig, cfg: QuantizeConfig, source: dict[str, Any]) -> list:
     import random
 
-    from slimship.core.data import load_data
+    from slimship.core.data import load_configured
 
-    train = load_data(data.path, text_column=data.text_column, label_column=data.label_column, labels=labels,
-                      validation_fraction=data.validation_fraction, seed=data.split_seed,
-                      max_train_rows=data.max_train_rows, splits=("train",)).splits["train"]
+    train = load_configured(data, source, splits=("train",)).splits["train"]
     rng = random.Random(cfg.seed)
-    return rng.sample(train.texts, min(cfg.calibration, len(train.texts)))
+    return rng.sample(train.inputs, min(cfg.calibration, len(train.texts)))
 
 
-def _validation(data: DataConfig | None, labels: list[str]):
-    from slimship.core.data import load_data
+def _validation(data: DataConfig | None, source: dict[str, Any]):
+    from slimship.core.data import load_configured
 
     if data is None or not data.path:
         return None
-    split = load_data(data.path, text_column=data.text_column, label_column=data.label_column, labels=labels,
-                      validation_fraction=data.validation_fraction, seed=data.split_seed,
-                      splits=("validation",)).splits.get("validation")
+    split = load_configured(data, source, splits=("validation",), sample_train=False).splits.get("validation")
     if split is None:
         return None
-    return split.texts[:data.max_eval_rows], split.labels[:data.max_eval_rows]
+    split.take(slice(None, data.max_eval_rows))
+    return split.inputs, split.labels
 
 
 def _input_names(model_file: Path) -> list[str]:
@@ -309,7 +306,10 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
     """ONNX artifact -> INT8 ONNX artifact, with accuracy and size before and after."""
     from slimship.compress.export import onnx_file_mb, write_provisional_manifest
     from slimship.compress.evaluate import artifact_logits
-    from slimship.core.metrics import classification_metrics
+    from slimship.compress.config import ExportConfig
+    from slimship.compress.export import row_agreement, task_fields
+    from slimship.core.metrics import main_value, metric_label, summary_line, task_metrics
+    from slimship.core.tasks import main_metric, task_of, thresholds_of
 
     cfg.check()
     if cfg.mode == "static" and (data is None or not data.path):
@@ -330,7 +330,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
               + (f", word embeddings 4-bit (blocks of {cfg.embedding_block_size})" if cfg.embedding_bits == 4
                  else ""))
 
-    validation = _validation(data, source["labels"])
+    validation = _validation(data, source)
     before_logits = artifact_logits(onnx_dir, validation[0]) if validation else None
 
     config = {**asdict(cfg), **(data or DataConfig()).options(), "preset": preset}
@@ -344,7 +344,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
                 embeddings = quantize_word_embeddings(src_model, int8_input, cfg.embedding_block_size)
             reader, static_options = None, {}
             if cfg.mode == "static":
-                texts = _calibration_texts(data, cfg, source["labels"])
+                texts = _calibration_texts(data, cfg, source)
                 reader = TokenizedRows(onnx_dir, texts, source["max_length"], _input_names(src_model))
                 int8_input, static_options = static_defaults(int8_input, Path(tmp))
             write_int8(int8_input, target, cfg.mode, settings, per_channel=cfg.per_channel, method=cfg.method,
@@ -354,7 +354,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
                     and name in source["files"]:
                 shutil.copy(onnx_dir / name, art.dir / name)
         size_before, size_after = onnx_file_mb(src_model), onnx_file_mb(target)
-        art.manifest.update(labels=source["labels"], max_length=source["max_length"],
+        art.manifest.update(labels=source["labels"], **task_fields(source), max_length=source["max_length"],
                             optimize=source.get("optimize", "none"), file_mb=size_after)
         for key in ("parameters", "macs", "base_model", "parity", "tokenizer"):
             if key in source:
@@ -374,13 +374,18 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
         if validation:
             write_provisional_manifest(art)
             after_logits = artifact_logits(art.dir, validation[0])
-            before = classification_metrics(before_logits.argmax(-1), validation[1], source["labels"])
-            after = classification_metrics(after_logits.argmax(-1), validation[1], source["labels"])
+            task, thresholds = task_of(source), thresholds_of(source)
+            before = task_metrics(task, before_logits, validation[1], source["labels"], thresholds)
+            after = task_metrics(task, after_logits, validation[1], source["labels"], thresholds)
+            # The main metric (accuracy, micro-F1 or Pearson r) before and after, and how many rows keep their
+            # answer: the label, the label set, or (regression) a score within ExportConfig's default tolerance.
             quantization.update(
-                accuracy_before=before["accuracy"], accuracy_after=after["accuracy"],
-                agreement=float((before_logits.argmax(-1) == after_logits.argmax(-1)).mean()))
+                metric=main_metric(task), metric_before=main_value(before, task), metric_after=main_value(after, task),
+                agreement=row_agreement(before_logits, after_logits, task, thresholds, ExportConfig().max_score_diff))
+            if task == "classification":
+                quantization.update(accuracy_before=before["accuracy"], accuracy_after=after["accuracy"])
             art.manifest["metrics"] = {"validation": after}
-            stage_log(f"accuracy {before['accuracy'] * 100:.2f}% -> {after['accuracy'] * 100:.2f}%, "
+            stage_log(f"{metric_label(main_metric(task))}: {summary_line(before)} -> {summary_line(after)}, "
                       f"size {size_before:.1f} MB -> {size_after:.1f} MB")
         else:
             art.manifest["metrics"] = {}

@@ -1,4 +1,5 @@
-"""Budgeted compression: the fastest model within X accuracy points of the teacher, searched over the chain.
+"""Budgeted compression: the fastest model within X points of the teacher's main metric (accuracy; micro-F1 for
+multi-label; Pearson r for regression), searched over the chain.
 
     compress("runs/teacher", "runs/compressed", DataConfig("data/"), CompressConfig(max_accuracy_drop=1.0)) -> Path
 
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from slimship.core.errors import UserError
+from slimship.core.metrics import headline, main_value, metric_label, task_metrics
+from slimship.core.report import metric_of
+from slimship.core.tasks import main_metric, task_of, thresholds_of
+from slimship.compress.export import task_fields
 from slimship.core import artifact
 from slimship.core.artifact import ArtifactError, stage_log
 from slimship.compress.config import (DistillConfig, ExportConfig, PruneConfig, QuantizeConfig, VocabConfig,
@@ -226,29 +231,36 @@ class Search:
         cache.write_text(json.dumps(result) + "\n")
         return result
 
-    def measure(self, node: Node, texts: list[str], labels: list[int]) -> dict[str, Any]:
-        """Accuracy and speed of an ONNX candidate; kept in measurement.json so a rerun reuses it."""
+    def measure(self, node: Node, texts: list, labels: list) -> dict[str, Any]:
+        """The main metric (and the headline ones) and speed of an ONNX candidate; kept in measurement.json so
+        a rerun reuses it."""
         from slimship.compress.export import onnx_file_mb
         from slimship.compress.latency import speed
         from slimship.compress.evaluate import artifact_logits
-        from slimship.core.metrics import classification_metrics
 
         path = self.path(node)
         cache = path / "measurement.json"
         key = {"node": self.key(node), "rows": len(texts), "threads": self.cfg.threads, "latency_rows": self.cfg.latency_rows,
-               "throughput_rows": self.cfg.throughput_rows}
+               "throughput_rows": self.cfg.throughput_rows, "fields": "metric"}
         if cache.is_file():
             cached = json.loads(cache.read_text())
             if cached.get("key") == key:
                 return cached["result"]
         manifest = artifact.load(path, format="onnx")
-        metrics = classification_metrics(artifact_logits(path, texts).argmax(-1), labels, manifest["labels"])
-        result = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        result = {**metric_fields(manifest, artifact_logits(path, texts), labels),
                   "file_mb": onnx_file_mb(path / "model.onnx"),
                   **speed(path, texts, threads=self.cfg.threads, latency_rows=self.cfg.latency_rows,
                           throughput_rows=self.cfg.throughput_rows, verify=False)}
         cache.write_text(json.dumps({"key": key, "result": result}, indent=2) + "\n")
         return result
+
+
+def metric_fields(manifest: dict[str, Any], logits, labels: list) -> dict[str, Any]:
+    """A model's main metric on these rows as "metric", beside the headline metrics by name (accuracy and
+    macro-F1; micro-/macro-F1; Pearson and Spearman), with its own thresholds when it is multi-label."""
+    task = task_of(manifest)
+    metrics = task_metrics(task, logits, labels, manifest["labels"], thresholds_of(manifest))
+    return {"metric": main_value(metrics, task), **headline(metrics)}
 
 
 def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict[str, Any]:
@@ -263,7 +275,7 @@ def row_for(search: Search, node: Node, measured: dict[str, Any] | None) -> dict
         from slimship.compress.profile import weights_size
 
         validation = (manifest.get("metrics") or {}).get("validation") or {}
-        row.update(accuracy=validation.get("accuracy"), macro_f1=validation.get("macro_f1"),
+        row.update(metric=validation.get(main_metric(task_of(manifest))), **(headline(validation) or {}),
                    file_mb=round(weights_size(path) / 1e6, 3))
     return row
 
@@ -317,8 +329,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
 
     from slimship.compress.quantize import cpu_preset
     from slimship.core.runtime import default_threads
-    from slimship.core.data import load_data
-    from slimship.core.metrics import classification_metrics
+    from slimship.core.data import load_configured
     from slimship.core.report import write_report
 
     cfg.check()
@@ -326,12 +337,12 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     teacher = artifact.load(teacher_dir, format="pytorch")
     cfg.threads = cfg.threads or default_threads()
     t = cfg.train
-    split = load_data(data.path, text_column=data.text_column, label_column=data.label_column,
-                      labels=teacher["labels"], validation_fraction=data.validation_fraction, seed=data.split_seed,
-                      splits=("validation",)).splits.get("validation")
+    split = load_configured(data, teacher, splits=("validation",), sample_train=False).splits.get("validation")
     if split is None:
-        raise UserError(f"{data.path}: compress needs validation rows to hold the accuracy budget to")
-    texts, labels = split.texts[:data.max_eval_rows], split.labels[:data.max_eval_rows]
+        raise UserError(f"{data.path}: compress needs validation rows to hold the budget to")
+    split.take(slice(None, data.max_eval_rows))
+    texts, labels = split.inputs, split.labels
+    metric = main_metric(task_of(teacher))
 
     teacher_layers = depth_of_checkpoint(teacher_dir)
     grid, skipped = grid_for_family(json.loads((teacher_dir / "config.json").read_text()), cfg.grid)
@@ -349,27 +360,26 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     out.mkdir(parents=True, exist_ok=True)
     search = Search(teacher_dir, out, data, cfg)
     stage_log(f"compress {teacher_dir}: {len(nodes) - 1} stages, {len(measured_nodes)} candidates, budget "
-              f"{cfg.max_accuracy_drop:g} points" + (f" and {cfg.max_model_mb:g} MB" if cfg.max_model_mb else "")
+              f"{cfg.max_accuracy_drop:g} points of {metric_label(metric)}"
+              + (f" and {cfg.max_model_mb:g} MB" if cfg.max_model_mb else "")
               + f", objective {cfg.objective}, {cfg.threads} threads")
 
-    # The teacher's accuracy on exactly these rows, through the same metric code.
+    # The teacher's main metric on exactly these rows, through the same metric code.
     from slimship.compress.evaluate import artifact_logits
 
     teacher_cache = out / "candidates" / "teacher.metrics.json"
     teacher_key = {"teacher": artifact.manifest_digest(teacher_dir), "data": search.fingerprint(data),
-                   "rows": len(texts)}
+                   "fields": "metric", "rows": len(texts)}
     cached = json.loads(teacher_cache.read_text()) if teacher_cache.is_file() else {}
     if cached.get("key") == teacher_key:
         teacher_metrics = cached["metrics"]
     else:
-        teacher_metrics = classification_metrics(artifact_logits(teacher_dir, texts).argmax(-1), labels,
-                                                 teacher["labels"])
+        teacher_metrics = metric_fields(teacher, artifact_logits(teacher_dir, texts), labels)
         teacher_cache.parent.mkdir(parents=True, exist_ok=True)
         teacher_cache.write_text(json.dumps({"key": teacher_key, "metrics": teacher_metrics}) + "\n")
 
     rows = [{"name": "teacher", "stage": "teacher", "format": "pytorch", "parent": None, "path": str(teacher_dir),
-             "options": {}, **search.profile(nodes[0]), "accuracy": teacher_metrics["accuracy"],
-             "macro_f1": teacher_metrics["macro_f1"], "delta_points": 0.0,
+             "options": {}, **search.profile(nodes[0]), **teacher_metrics, "delta_points": 0.0,
              "file_mb": round((teacher_dir / "model.safetensors").stat().st_size / 1e6, 3)}]
     bar = tqdm(nodes[1:], desc="compress", unit="stage", disable=t.quiet, dynamic_ncols=True)
     failed: dict[str, str] = {}
@@ -393,13 +403,13 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
         row = row_for(search, node, measured)
         if measured:
             row["batch_invariant"] = node_batch_invariant(node)
-        row["delta_points"] = None if row["accuracy"] is None else \
-            round((row["accuracy"] - teacher_metrics["accuracy"]) * 100, 3)
+        row["delta_points"] = None if row["metric"] is None else \
+            round((row["metric"] - teacher_metrics["metric"]) * 100, 3)
         rows.append(row)
         speed_note = (f", p50 {row['latency_ms_p50']:.2f} ms, {row['throughput_rows_s']:.0f} rows/s @32"
                       if measured else "")
-        acc_note = "" if row["accuracy"] is None else f"accuracy {row['accuracy'] * 100:.2f}% " \
-                                                       f"({row['delta_points']:+.2f} pt)"
+        acc_note = "" if row["metric"] is None else f"{metric_label(metric)} {row['metric'] * 100:.2f} " \
+                                                     f"({row['delta_points']:+.2f} pt)"
         stage_log(f"[{i}/{len(nodes) - 1}] {node.name}{' (reused)' if done else ''}: {acc_note}{speed_note}")
     bar.close()
 
@@ -407,12 +417,13 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     # yardstick (the chosen model could otherwise be points below a candidate already in hand).
     reference = best_reference(rows)
     for row in rows:
-        if row.get("accuracy") is not None and not row.get("failed"):
-            row["delta_points"] = round((row["accuracy"] - reference["accuracy"]) * 100, 3)
+        if row.get("metric") is not None and not row.get("failed"):
+            row["delta_points"] = round((row["metric"] - reference["metric"]) * 100, 3)
     chosen = choose(rows, cfg)
     report = {
         "kind": "compress", "teacher": str(teacher_dir), "data": data.path, "validation_rows": len(texts),
-        "teacher_accuracy": teacher_metrics["accuracy"], "reference": reference,
+        "metric": metric, "teacher_metric": teacher_metrics["metric"], "reference": reference,
+        **({"teacher_accuracy": teacher_metrics["accuracy"]} if "accuracy" in teacher_metrics else {}),
         "budget": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "objective": cfg.objective,
                    **({"max_model_mb": cfg.max_model_mb} if cfg.max_model_mb else {}),
                    "allow_batch_dependent": cfg.allow_batch_dependent},
@@ -423,13 +434,13 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
         report["chosen_batch_invariant"] = chosen.get("batch_invariant", True)
     if chosen is None:
         if cfg.max_model_mb:
-            report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the "
-                                 f"{reference_words(reference)} and at most {cfg.max_model_mb:g} MB; "
+            report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} {metric_label(metric)} points of "
+                                 f"the {reference_words(reference)} and at most {cfg.max_model_mb:g} MB; "
                                  f"{best_accuracy_note(rows, cfg.max_model_mb)}. Loosen --max-accuracy-drop or "
                                  "--max-model-mb, or widen the grid" + smaller_hint(cfg.grid) + ".")
         else:
-            report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} accuracy points of the "
-                                 f"{reference_words(reference)}; the best was {best_accuracy_note(rows)}. "
+            report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} {metric_label(metric)} points of "
+                                 f"the {reference_words(reference)}; the best was {best_accuracy_note(rows)}. "
                                  "Loosen --max-accuracy-drop or widen the grid.")
         report["message"] += batch_dependent_note(rows, cfg)
         shutil.rmtree(out / "model", ignore_errors=True)   # a model from an earlier run would mislead
@@ -445,11 +456,13 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
         for key in ("parity", "quantization", "optimize", "file_mb", "tokenizer"):
             if key in source:
                 art.manifest[key] = source[key]
-        art.manifest.update(labels=source["labels"], max_length=source["max_length"],
+        art.manifest.update(labels=source["labels"], **task_fields(source), max_length=source["max_length"],
                             metrics=source.get("metrics", {}), chosen=chosen["name"],
                             chain=chain_of(nodes, chosen["name"]), parameters=chosen.get("parameters"),
-                            macs=chosen.get("macs"), teacher_accuracy=teacher_metrics["accuracy"],
-                            reference={"name": reference["name"], "accuracy": reference["accuracy"]},
+                            macs=chosen.get("macs"), teacher_metric={metric: teacher_metrics["metric"]},
+                            **({"teacher_accuracy": teacher_metrics["accuracy"]} if "accuracy" in teacher_metrics
+                               else {}),
+                            reference={"name": reference["name"], metric: reference["metric"]},
                             batch_invariant=chosen.get("batch_invariant", True),
                             speed={k: chosen[k] for k in ("latency_ms_p50", "latency_ms_p95",
                                                           "throughput_rows_s", "threads")})
@@ -472,14 +485,14 @@ def choose(rows: list[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any] | 
             cfg.max_model_mb is None or r["file_mb"] <= cfg.max_model_mb)
         r["cost"] = cost(r, cfg.objective)
     for r in measured:
-        r["pareto"] = not any(o["accuracy"] >= r["accuracy"] and o["cost"] <= r["cost"]
-                              and (o["accuracy"] > r["accuracy"] or o["cost"] < r["cost"]) for o in measured)
+        r["pareto"] = not any(metric_of(o) >= metric_of(r) and o["cost"] <= r["cost"]
+                              and (metric_of(o) > metric_of(r) or o["cost"] < r["cost"]) for o in measured)
     for r in measured:
         r.pop("excluded", None)
         if not r.get("batch_invariant", True) and not cfg.allow_batch_dependent:
             r["excluded"] = "batch-dependent"    # in budget or not, never chosen without --allow-batch-dependent
     inside = [r for r in measured if r["within_budget"] and not r.get("excluded")]
-    best = min(inside, key=lambda r: (r["cost"], -r["accuracy"])) if inside else None
+    best = min(inside, key=lambda r: (r["cost"], -metric_of(r))) if inside else None
     for r in rows:
         r["chosen"] = r is best
     return best
@@ -493,23 +506,26 @@ def node_batch_invariant(node: Node) -> bool:
 
 
 def best_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The most accurate of the teacher and the measured candidates (the teacher wins ties): the budget's base."""
+    """The best on the main metric of the teacher and the measured candidates (the teacher wins ties): the
+    budget's base. For classification it also carries the accuracy under its own name."""
     teacher = rows[0]
-    measured = [r for r in rows if r.get("throughput_rows_s") is not None and r.get("accuracy") is not None]
-    best = max([teacher, *measured], key=lambda r: r["accuracy"])   # max keeps the first of equals
-    reference = {"name": best["name"], "accuracy": best["accuracy"], "is_teacher": best is teacher,
-                 "teacher_accuracy": teacher["accuracy"]}
+    measured = [r for r in rows if r.get("throughput_rows_s") is not None and metric_of(r) is not None]
+    best = max([teacher, *measured], key=metric_of)   # max keeps the first of equals
+    reference = {"name": best["name"], "metric": metric_of(best), "is_teacher": best is teacher,
+                 "teacher_metric": metric_of(teacher)}
+    if "accuracy" in best:
+        reference.update(accuracy=best["accuracy"], teacher_accuracy=teacher["accuracy"])
     reference["why"] = ("the teacher" if best is teacher else
-                        f"candidate {best['name']}, {(best['accuracy'] - teacher['accuracy']) * 100:.2f} points "
+                        f"candidate {best['name']}, {(metric_of(best) - metric_of(teacher)) * 100:.2f} points "
                         "above the teacher")
     return reference
 
 
 def reference_words(reference: dict[str, Any]) -> str:
     if reference["is_teacher"]:
-        return f"teacher ({reference['accuracy'] * 100:.2f}%)"
-    return (f"best candidate {reference['name']} ({reference['accuracy'] * 100:.2f}%; the teacher had "
-            f"{reference['teacher_accuracy'] * 100:.2f}%)")
+        return f"teacher ({reference['metric'] * 100:.2f}%)"
+    return (f"best candidate {reference['name']} ({reference['metric'] * 100:.2f}%; the teacher had "
+            f"{reference['teacher_metric'] * 100:.2f}%)")
 
 
 def batch_dependent_note(rows: list[dict[str, Any]], cfg: CompressConfig) -> str:
@@ -525,27 +541,30 @@ def batch_dependent_note(rows: list[dict[str, Any]], cfg: CompressConfig) -> str
 
 def test_check(teacher_dir: Path, chosen: dict[str, Any], reference: dict[str, Any], rows: list[dict[str, Any]],
                data: DataConfig, labels: list[str], cfg: CompressConfig) -> dict[str, Any] | None:
-    """With a test split: the teacher's, the reference's and the chosen model's test accuracy, and whether the
-    chosen model keeps the budget there too. Selection stays on validation; this is the honest check."""
+    """With a test split: the teacher's, the reference's and the chosen model's main metric on test, and
+    whether the chosen model keeps the budget there too. Selection stays on validation; this is the honest
+    check."""
     from slimship.compress.evaluate import artifact_logits
-    from slimship.core.data import load_data
-    from slimship.core.metrics import classification_metrics
+    from slimship.core.data import load_configured
 
-    split = load_data(data.path, text_column=data.text_column, label_column=data.label_column, labels=labels,
-                      validation_fraction=data.validation_fraction, seed=data.split_seed,
-                      splits=("test",)).splits.get("test")
+    teacher = {**artifact.load(teacher_dir, verify=False), "labels": labels}
+    split = load_configured(data, teacher, splits=("test",), sample_train=False).splits.get("test")
     if split is None or not split.texts:
         return None
-    texts, truth = split.texts[:data.max_eval_rows], split.labels[:data.max_eval_rows]
+    split.take(slice(None, data.max_eval_rows))
+    texts, truth = split.inputs, split.labels
     paths = {"teacher": teacher_dir, chosen["name"]: Path(chosen["path"])}
     if not reference["is_teacher"]:
         paths[reference["name"]] = Path(next(r["path"] for r in rows if r["name"] == reference["name"]))
-    accuracy = {name: classification_metrics(artifact_logits(path, texts).argmax(-1), truth, labels)["accuracy"]
-                for name, path in paths.items()}
-    drop = round((accuracy[reference["name"]] - accuracy[chosen["name"]]) * 100, 3)
-    result = {"rows": len(texts), "teacher_accuracy": accuracy["teacher"],
-              "reference_accuracy": accuracy[reference["name"]], "chosen_accuracy": accuracy[chosen["name"]],
+    value = {name: metric_fields(artifact.load(path, verify=False), artifact_logits(path, texts), truth)["metric"]
+             for name, path in paths.items()}
+    drop = round((value[reference["name"]] - value[chosen["name"]]) * 100, 3)
+    result = {"rows": len(texts), "teacher_metric": value["teacher"],
+              "reference_metric": value[reference["name"]], "chosen_metric": value[chosen["name"]],
               "drop_points": drop, "misses_budget": drop > cfg.max_accuracy_drop + 1e-9}
+    if task_of(teacher) == "classification":
+        result.update(teacher_accuracy=value["teacher"], reference_accuracy=value[reference["name"]],
+                      chosen_accuracy=value[chosen["name"]])
     result["note"] = (f"on the test split ({len(texts)} rows) the chosen model is {drop:.2f} points below "
                       f"{'the teacher' if reference['is_teacher'] else reference['name']}, over the "
                       f"{cfg.max_accuracy_drop:g}-point budget it met on validation" if result["misses_budget"]
@@ -565,12 +584,12 @@ def best_accuracy_note(rows: list[dict[str, Any]], max_model_mb: float | None = 
     measured = [r for r in rows if r.get("throughput_rows_s") is not None]
     if not measured:
         return "nothing (no candidate was measured)"
-    best = max(measured, key=lambda r: r["accuracy"])
-    note = f"{best['name']} at {best['accuracy'] * 100:.2f}% ({best['delta_points']:+.2f} pt)"
+    best = max(measured, key=metric_of)
+    note = f"{best['name']} at {metric_of(best) * 100:.2f}% ({best['delta_points']:+.2f} pt)"
     if max_model_mb is None:
         return note
     small = [r for r in measured if r["file_mb"] <= max_model_mb]
-    best_small = max(small, key=lambda r: r["accuracy"]) if small else None
+    best_small = max(small, key=metric_of) if small else None
     return (f"the most accurate was {note}, {best['file_mb']:.1f} MB; within {max_model_mb:g} MB "
             + (f"{best_small['name']} at {best_small['delta_points']:+.2f} pt" if best_small else "none was"))
 

@@ -325,23 +325,26 @@ def slice_vocabulary(model, kept: list[int]) -> None:
 # --- the stage -----------------------------------------------------------------------------------------------
 
 
-def _evaluate(model, tokenizer, loaded, max_length: int, batch_size: int) -> tuple[dict, dict]:
-    """(metrics, logits) per evaluation split, through the same prediction code as the other stages."""
-    from slimship.core.metrics import classification_metrics
+def _evaluate(model, tokenizer, loaded, max_length: int, batch_size: int,
+              thresholds: list[float] | None = None) -> tuple[dict, dict]:
+    """(metrics, logits) per evaluation split, through the same prediction code as the other stages; a
+    multi-label model keeps its source's thresholds (trimming should not change a single answer)."""
+    from slimship.core.metrics import task_metrics
     from slimship.train.artifacts import predict_logits
 
     metrics, logits = {}, {}
     for name in ("validation", "test"):
         if name in loaded.splits:
             split = loaded.splits[name]
-            logits[name] = predict_logits(model, tokenizer, split.texts, max_length, batch_size)
-            metrics[name] = classification_metrics(logits[name].argmax(-1), split.labels, loaded.labels)
+            logits[name] = predict_logits(model, tokenizer, split.inputs, max_length, batch_size)
+            metrics[name] = task_metrics(loaded.task, logits[name], split.labels, loaded.labels, thresholds)
     return metrics, logits
 
 
 def _summary(metrics: dict) -> dict | None:
-    validation = metrics.get("validation")
-    return {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"]} if validation else None
+    from slimship.core.metrics import headline
+
+    return headline(metrics.get("validation"))
 
 
 def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: VocabConfig) -> Path:
@@ -354,7 +357,11 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from slimship.compress.config import ExportConfig
     from slimship.compress.distill import metric_delta
+    from slimship.compress.export import row_agreement, task_fields
+    from slimship.core.metrics import summary_line
+    from slimship.core.tasks import thresholds_of
     from slimship.compress.profile import weights_size
     from slimship.train.artifacts import count_parameters
     from slimship.train.artifacts import load_pytorch_artifact, load_stage_data, save_model_artifact
@@ -368,7 +375,8 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
         raise UserError(f"{model_dir}: the tokenizer has ids up to {max(tokens)} but the model's word embeddings "
                         f"have only {rows} rows; tokenizer and model do not belong together")
 
-    loaded = load_stage_data(data, labels=labels)
+    loaded = load_stage_data(data, manifest=source)
+    thresholds = thresholds_of(source)
     train_split = loaded.splits.get("train")
     if train_split is None or not train_split.texts:
         raise UserError(f"{data.path}: no training rows to count tokens on")
@@ -377,7 +385,7 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
 
     stage_log(f"trim vocabulary of {model_dir}: {len(tokens):,} tokens, counting {len(train_split):,} training "
               f"rows of {train_split.source} (min count {cfg.min_count})")
-    counts = count_tokens(spec, train_split.texts, rows, cfg.quiet)
+    counts = count_tokens(spec, train_split.texts + (train_split.text_pairs or []), rows, cfg.quiet)
     # Only ids the tokenizer can produce: embedding rows no token maps to are never looked up.
     fixed = {i for i in fixed_ids(spec, tokenizer, model.config) if i in tokens}
     seen = {int(i) for i in np.nonzero(counts >= cfg.min_count)[0] if int(i) in tokens}
@@ -391,7 +399,7 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
               f"{total_tokens:,} training tokens keep their own embedding")
 
     before_params, before_size = count_parameters(model), weights_size(model_dir)
-    before_metrics, before_logits = _evaluate(model, tokenizer, loaded, max_length, cfg.eval_batch_size)
+    before_metrics, before_logits = _evaluate(model, tokenizer, loaded, max_length, cfg.eval_batch_size, thresholds)
     if before_metrics:
         stage_log(f"before: {_summary(before_metrics)}")
 
@@ -413,12 +421,12 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
         written = AutoModelForSequenceClassification.from_pretrained(str(art.dir)).eval()
         written_tokenizer = AutoTokenizer.from_pretrained(str(art.dir), use_fast=True)
         after_metrics, after_logits = _evaluate(written, written_tokenizer, loaded, max_length,
-                                                cfg.eval_batch_size)
+                                                cfg.eval_batch_size, thresholds)
         after_params, after_size = count_parameters(written), weights_size(art.dir)
         agreement = None
         if "validation" in after_logits:
-            agreement = float((before_logits["validation"].argmax(-1)
-                               == after_logits["validation"].argmax(-1)).mean())
+            agreement = row_agreement(before_logits["validation"], after_logits["validation"], loaded.task,
+                                      thresholds, ExportConfig().max_score_diff)
         vocab = {"size_before": len(tokens), "size_after": len(kept), "embedding_rows_before": rows,
                  "min_count": cfg.min_count, "fixed_tokens": len(fixed), "seen_tokens": len(seen),
                  "keep_top": cfg.keep_top, "top_tokens_added": len(top - seen - fixed),
@@ -427,7 +435,8 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
                  "tokenization_checked_texts": compared, "kept_ids_file": KEPT_IDS_FILE,
                  "tokenizer_model": spec["model"]["type"], "pad_token_id": written_tokenizer.pad_token_id}
         art.manifest.update(
-            labels=labels, max_length=max_length, metrics=after_metrics, parameters=after_params,
+            labels=labels, **task_fields(source), max_length=max_length, metrics=after_metrics,
+            parameters=after_params,
             file_size=after_size, vocab=vocab,
             before={"parameters": before_params, "file_size": before_size, "metrics": _summary(before_metrics)},
             after={"parameters": after_params, "file_size": after_size, "metrics": _summary(after_metrics)},
@@ -442,6 +451,6 @@ def trim_vocab(model_dir: str | Path, out: str | Path, data: DataConfig, cfg: Vo
                 art.manifest[key] = source[key]
     stage_log(f"vocabulary {len(tokens):,} -> {len(kept):,}, parameters {before_params:,} -> {after_params:,}, "
               f"weights {before_size / 1e6:.1f} MB -> {after_size / 1e6:.1f} MB"
-              + (f"; accuracy {before_metrics['validation']['accuracy'] * 100:.2f}% -> "
-                 f"{after_metrics['validation']['accuracy'] * 100:.2f}%" if "validation" in after_metrics else ""))
+              + (f"; {summary_line(before_metrics['validation'])} -> {summary_line(after_metrics['validation'])}"
+                 if "validation" in after_metrics else ""))
     return out

@@ -26,6 +26,8 @@ import yaml
 
 from slimship.core.errors import UserError
 
+Task = Literal["classification", "multilabel", "regression"]
+
 
 def opt(help: str, *, name: str | None = None, flags: tuple[str, ...] = (), parse=None) -> dict[str, Any]:
     """Field metadata for the command line: its help, its option name when it differs from the field's, extra
@@ -48,7 +50,14 @@ class DataConfig:
         "a directory with train/validation[/test] files, or one file to split (CSV, TSV, JSONL or Parquet); "
         "rows with empty text are skipped and counted", name="data"))
     text_column: str = field(default="text", metadata=opt("column holding the text"))
-    label_column: str = field(default="label", metadata=opt("column holding the label"))
+    label_column: str = field(default="label", metadata=opt(
+        "column holding the label: a label (classification), labels joined by ';' in CSV/TSV or an array in "
+        "JSONL/Parquet (multilabel), or a number (regression)"))
+    text_pair_column: str | None = field(default=None, metadata=opt(
+        "column holding the second text of sentence pairs (default: text_pair, when the data has that column)"))
+    task: Task | None = field(default=None, metadata=opt(
+        "classification, multilabel or regression (default: inferred from the training labels: lists -> "
+        "multilabel, numbers that are not all whole -> regression, else classification)"))
     validation_fraction: float = field(default=0.1, metadata=opt(
         "share of a single data file held out for validation"))
     max_train_rows: int | None = field(default=None, metadata=opt(

@@ -1,7 +1,9 @@
 """The report of a pipeline or compression output: report.json, report.md and pareto.png.
 
-One row per stage or candidate: parameters, MACs, file MB, accuracy, macro-F1, Δ vs the teacher (points),
-latency p50/p95 at batch 1 and throughput at batch 32. ``pareto.png`` plots accuracy against time per row
+One row per stage or candidate: parameters, MACs, file MB, the task's two headline metrics (accuracy and
+macro-F1; micro- and macro-F1 for multilabel; Pearson and Spearman for regression), Δ vs the teacher in points
+of the main metric, latency p50/p95 at batch 1 and throughput at batch 32. ``pareto.png`` plots the main
+metric against time per row
 (batch-1 latency or batch-32 time per row, whichever the search optimised), with the Pareto front joined and
 the chosen point marked.
 
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from slimship.core.errors import UserError
+from slimship.core.metrics import HEADLINE, metric_label
+from slimship.core.tasks import CLASSIFICATION, MAIN_METRIC
 
 COLUMNS = [  # (key, header, format)
     ("name", "candidate", "{}"),
@@ -25,14 +29,38 @@ COLUMNS = [  # (key, header, format)
     ("parameters", "params (M)", "{:.2f}"),
     ("macs", "MACs (M)", "{:.1f}"),
     ("file_mb", "MB", "{:.1f}"),
-    ("accuracy", "accuracy %", "{:.2f}"),
-    ("macro_f1", "macro-F1 %", "{:.2f}"),
+    ("first_metric", "", "{:.2f}"),       # the task's headline metrics: see metric_columns
+    ("second_metric", "", "{:.2f}"),
     ("delta_points", "Δ pt", "{:+.2f}"),
     ("latency_ms_p50", "p50 ms (b1)", "{:.2f}"),
     ("latency_ms_p95", "p95 ms (b1)", "{:.2f}"),
     ("throughput_rows_s", "rows/s (b32)", "{:.0f}"),
 ]
-SCALE = {"parameters": 1e-6, "macs": 1e-6, "accuracy": 100, "macro_f1": 100}
+SCALE = {"parameters": 1e-6, "macs": 1e-6, **{name: 100 for names in HEADLINE.values() for name in names}}
+
+
+def task_of_report(report: dict[str, Any]) -> str:
+    """The task a report's metrics belong to (reports made before task shapes are classification)."""
+    metric = report.get("metric", "accuracy")
+    return next((task for task, name in MAIN_METRIC.items() if name == metric), CLASSIFICATION)
+
+
+def metric_of(row_or_report: dict[str, Any], prefix: str = "") -> float | None:
+    """The main metric of a row (or ``teacher_``... of a report); older reports name it accuracy."""
+    value = row_or_report.get(f"{prefix}metric")
+    return row_or_report.get(f"{prefix}accuracy") if value is None else value
+
+
+def metric_columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """COLUMNS with the two metric columns of the report's task in place."""
+    names = iter(HEADLINE[task_of_report(report)])
+    out = []
+    for key, header, fmt in COLUMNS:
+        if key in ("first_metric", "second_metric"):
+            key = next(names)
+            header = f"{metric_label(key)} %"
+        out.append((key, header, fmt))
+    return out
 
 
 def cell(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -60,25 +88,27 @@ def marks(row: dict[str, Any]) -> str:
 
 
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    headers = [h for _, h, _ in COLUMNS] + ["notes"]
-    body = [[cell(r, k, f) for k, _, f in COLUMNS] + [marks(r)] for r in report.get("rows", [])]
+    columns = metric_columns(report)
+    headers = [h for _, h, _ in columns] + ["notes"]
+    body = [[cell(r, k, f) for k, _, f in columns] + [marks(r)] for r in report.get("rows", [])]
     return headers, body
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     budget = report.get("budget") or {}
-    if "teacher_accuracy" in report:
-        lines.append(f"teacher accuracy {report['teacher_accuracy'] * 100:.2f}% on {report.get('validation_rows')} "
+    name = metric_label(report.get("metric", "accuracy"))
+    if metric_of(report, "teacher_") is not None:
+        lines.append(f"teacher {name} {metric_of(report, 'teacher_') * 100:.2f}% on {report.get('validation_rows')} "
                      f"validation rows of {report.get('data')}")
     reference = report.get("reference")
     if reference and not reference.get("is_teacher"):
-        lines.append(f"reference: {reference['name']} at {reference['accuracy'] * 100:.2f}% "
+        lines.append(f"reference: {reference['name']} at {metric_of(reference) * 100:.2f}% "
                      f"({reference.get('why')}); the budget and every Δ count from it")
     if budget:
         size = f" and at most {budget['max_model_mb']:g} MB" if budget.get("max_model_mb") else ""
         base = "the teacher" if not reference or reference.get("is_teacher") else "the reference"
-        lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} points below {base}{size}; "
+        lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} {name} points below {base}{size}; "
                      f"objective: {budget.get('objective')}")
         if "allow_batch_dependent" in budget:
             lines.append("batch-dependent candidates (dynamic INT8) allowed: a text's label may depend on its "
@@ -96,10 +126,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                          "another label or score in another batch (allowed by --allow-batch-dependent)")
     test = report.get("test")
     if test:
-        lines.append(f"test split ({test['rows']} rows): teacher {test['teacher_accuracy'] * 100:.2f}%, chosen "
-                     f"{test['chosen_accuracy'] * 100:.2f}%"
+        of_metric = "" if name == "accuracy" else f", {name}"
+        lines.append(f"test split ({test['rows']} rows{of_metric}): teacher {metric_of(test, 'teacher_') * 100:.2f}%, "
+                     f"chosen {metric_of(test, 'chosen_') * 100:.2f}%"
                      + ("" if reference is None or reference.get("is_teacher") else
-                        f", reference {test['reference_accuracy'] * 100:.2f}%")
+                        f", reference {metric_of(test, 'reference_') * 100:.2f}%")
                      + f" ({-test['drop_points']:+.2f} pt)")
         if test.get("misses_budget"):
             lines.append(f"WARNING: {test['note']}")
@@ -115,9 +146,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"- {line}" for line in summary_lines(report)]
     out += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(row) + " |" for row in body]
-    out += ["", "Latency: batch 1, tokenization included; throughput: batch 32. Δ pt: accuracy points vs the "
+    name = metric_label(report.get("metric", "accuracy"))
+    out += ["", f"Latency: batch 1, tokenization included; throughput: batch 32. Δ pt: {name} points vs the "
                 "reference (the teacher, or a candidate that beat it) on the same rows. "
-                "![accuracy vs time per row](pareto.png)", ""]
+                f"![{name} vs time per row](pareto.png)", ""]
     return "\n".join(out)
 
 
@@ -186,7 +218,7 @@ def _overlap(a: tuple, b: tuple) -> bool:
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
-    """Accuracy against time per row. Points carry numbers, placed so none overlap; the key beside the plot
+    """The main metric against time per row. Points carry numbers, placed so none overlap; the key beside the plot
     names each number (candidate names are too long to sit next to their points)."""
     import matplotlib
 
@@ -194,37 +226,38 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     objective = (report.get("budget") or {}).get("objective", "latency")
-    rows = [r for r in report.get("rows", []) if r.get("throughput_rows_s") and r.get("accuracy") is not None]
+    rows = [r for r in report.get("rows", []) if r.get("throughput_rows_s") and metric_of(r) is not None]
+    name = metric_label(report.get("metric", "accuracy"))
     x_of = (lambda r: r["latency_ms_p50"]) if objective == "latency" else (lambda r: 1000 / r["throughput_rows_s"])
     fig = plt.figure(figsize=(10, 4.8), dpi=110)
     ax = fig.add_axes((0.07, 0.11, 0.52, 0.8))
     key = fig.add_axes((0.61, 0.11, 0.38, 0.8))
     key.axis("off")
     if rows:
-        ax.scatter([x_of(r) for r in rows], [r["accuracy"] * 100 for r in rows], color="tab:blue", s=22,
+        ax.scatter([x_of(r) for r in rows], [metric_of(r) * 100 for r in rows], color="tab:blue", s=22,
                    label="candidates", zorder=3)
         front = sorted((r for r in rows if r.get("pareto")), key=x_of)
         if front:
-            ax.plot([x_of(r) for r in front], [r["accuracy"] * 100 for r in front], color="tab:orange",
+            ax.plot([x_of(r) for r in front], [metric_of(r) * 100 for r in front], color="tab:orange",
                     marker="o", ms=4, label="Pareto front", zorder=2)
         chosen = [r for r in rows if r.get("chosen")]
         if chosen:
-            ax.scatter([x_of(chosen[0])], [chosen[0]["accuracy"] * 100], s=160, facecolors="none",
+            ax.scatter([x_of(chosen[0])], [metric_of(chosen[0]) * 100], s=160, facecolors="none",
                        edgecolors="red", linewidths=2, label="chosen", zorder=4)
-    if "teacher_accuracy" in report:
-        teacher = report["teacher_accuracy"] * 100
+    if metric_of(report, "teacher_") is not None:
+        teacher = metric_of(report, "teacher_") * 100
         ax.axhline(teacher, color="gray", ls="--", lw=1, label="teacher")
         drop = (report.get("budget") or {}).get("max_accuracy_drop_points")
         if drop is not None:
             ax.axhline(teacher - drop, color="red", ls=":", lw=1, label=f"budget (−{drop:g} pt)")
     ax.set_xlabel("batch-1 p50 latency, ms" if objective == "latency" else "ms per row at batch 32")
-    ax.set_ylabel("validation accuracy, %")
-    ax.set_title("accuracy vs time per row")
+    ax.set_ylabel(f"validation {name}, %")
+    ax.set_title(f"{name} vs time per row")
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.15)
     ax.legend(fontsize=7, loc="lower right")
     if rows:
-        place_labels(ax, [(x_of(r), r["accuracy"] * 100) for r in rows], [str(i) for i in range(1, len(rows) + 1)])
+        place_labels(ax, [(x_of(r), metric_of(r) * 100) for r in rows], [str(i) for i in range(1, len(rows) + 1)])
         lines = [f"{i:>2}  {'*' if r.get('chosen') else ' '} {r['name']}" for i, r in enumerate(rows, 1)]
         # Fit the key into its box: a monospace character is about 0.6 em wide (0.65 leaves a margin), a line
         # about 1.25 em high.

@@ -6,6 +6,11 @@ serving image small and its start fast.
 
     clf = Classifier("runs/demo/model")
     clf.predict(["great film"])  ->  [{"label": "positive", "score": 0.98}]
+
+Answers by task (core/tasks.py): classification {"label", "score"}; multilabel {"labels": [{"label", "score"},
+...]} with every label whose probability is over its threshold, highest first; regression {"score"}. A model
+trained on sentence pairs takes (text, text_pair) tuples wherever it takes texts, and ``rerank`` scores
+documents against a query with it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import numpy as np
 
 from slimship.core import artifact
 from slimship.core.artifact import ArtifactError
+from slimship.core.errors import UserError
+from slimship.core.metrics import sigmoid
+from slimship.core.tasks import MULTILABEL, REGRESSION, can_rerank, takes_pairs, task_of, thresholds_of
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -103,6 +111,10 @@ class Classifier:
                 raise ArtifactError(f"{self.path}: incomplete ONNX artifact, the manifest lists no {name}")
         self.labels: list[str] = list(self.manifest["labels"])
         self.max_length: int = int(self.manifest["max_length"])
+        self.task: str = task_of(self.manifest)
+        self.text_pairs: bool = takes_pairs(self.manifest)
+        recorded = thresholds_of(self.manifest)
+        self.thresholds = None if recorded is None else np.asarray(recorded, dtype=np.float64)
 
         self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
         self.tokenizer.enable_truncation(max_length=self.max_length)
@@ -137,12 +149,16 @@ class Classifier:
         wanted = [p for p in ("CUDAExecutionProvider",) if p in available and os.environ.get("SLIMSHIP_DEVICE") != "cpu"]
         return wanted + ["CPUExecutionProvider"]
 
-    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The model's inputs for ``texts``: token ids and masks, truncated to max_length, right-padded to the
-        longest. ``run`` takes them; encoding apart lets a batch job tokenize the next chunk while one runs."""
+    def encode(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """The model's inputs for ``texts`` (or (text, text_pair) tuples for a pair model): token ids and masks,
+        truncated to max_length (pairs longest first, as transformers does), right-padded to the longest.
+        ``run`` takes them; encoding apart lets a batch job tokenize the next chunk while one runs."""
         if not texts:
             return {name: np.zeros((0, 1), dtype=np.int64) for name in self.input_names}
-        encodings = self.tokenizer.encode_batch(list(texts))
+        if isinstance(texts[0], str) == self.text_pairs:
+            raise UserError("this model takes (text, text_pair) pairs" if self.text_pairs else
+                            "this model takes single texts, not pairs")
+        encodings = self.tokenizer.encode_batch([t if isinstance(t, str) else tuple(t) for t in texts])
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
@@ -214,11 +230,16 @@ class Classifier:
             future.result()
         return logits
 
-    def predict(self, texts: Sequence[str], probs: bool = False) -> list[dict[str, Any]]:
-        """One ``{"label", "score"}`` (and ``"probs"`` by label when asked) per text, in input order."""
+    def predict(self, texts, probs: bool = False) -> list[dict[str, Any]]:
+        """One answer per input (see the module's docstring), in input order; ``probs`` adds every label's
+        probability by label (classification and multilabel)."""
         return self.results(self.logits(texts), probs)
 
     def results(self, logits: np.ndarray, probs: bool = False) -> list[dict[str, Any]]:
+        if self.task == REGRESSION:
+            return [{"score": float(v)} for v in np.asarray(logits, dtype=np.float32).reshape(len(logits), -1)[:, 0]]
+        if self.task == MULTILABEL:
+            return self._multilabel_results(logits, probs)
         p = softmax(logits.astype(np.float32))
         best = p.argmax(axis=-1)
         out = []
@@ -228,3 +249,42 @@ class Classifier:
                 item["probs"] = {label: float(v) for label, v in zip(self.labels, row)}
             out.append(item)
         return out
+
+    def _multilabel_results(self, logits: np.ndarray, probs: bool) -> list[dict[str, Any]]:
+        p = sigmoid(logits).astype(np.float32)
+        over = p > (self.thresholds if self.thresholds is not None else 0.5)
+        out = []
+        for row, chosen in zip(p, over):
+            ids = sorted(np.flatnonzero(chosen).tolist(), key=lambda j: -row[j])
+            item: dict[str, Any] = {"labels": [{"label": self.labels[j], "score": float(row[j])} for j in ids]}
+            if probs:
+                item["probs"] = {label: float(v) for label, v in zip(self.labels, row)}
+            out.append(item)
+        return out
+
+    def relevance(self, logits: np.ndarray) -> np.ndarray:
+        """One relevance score per row for ranking: the regression output, or for a two-label classifier the
+        probability of its second label (labels sort as 0 < 1, negative < positive, irrelevant < relevant)."""
+        if self.task == REGRESSION:
+            return np.asarray(logits, dtype=np.float32).reshape(len(logits), -1)[:, 0]
+        return softmax(logits.astype(np.float32))[:, 1]
+
+    def check_rerank(self) -> None:
+        """A UserError unless this model can rerank: a pair model with a single score per pair."""
+        if not self.text_pairs:
+            raise UserError("this model was trained on single texts, not (query, document) pairs: it cannot rerank")
+        if not can_rerank(self.manifest):
+            raise UserError(f"reranking needs a regression or two-label pair model; this one is {self.task} over "
+                            f"{len(self.labels)} labels")
+
+    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[dict[str, Any]]:
+        """``{"index", "score"}`` per document, best first (ties keep document order), the first ``top_k``."""
+        self.check_rerank()
+        return ranked(self.relevance(self.logits([(query, d) for d in documents])), top_k)
+
+
+def ranked(scores: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    return [{"index": int(i), "score": float(scores[i])} for i in order]

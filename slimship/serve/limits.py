@@ -27,19 +27,19 @@ async def _send_error(send, status: int, message: str, headers: list[tuple[bytes
 
 
 class ShedWhenOverloaded:
-    """503 + Retry-After for ``path`` while ``overloaded()`` says so, before anything else looks at the request.
+    """503 + Retry-After for the ``paths`` while ``overloaded()`` says so, before anything else looks at the request.
 
     Meant to run outermost (bentoml_patches.Service.add_outermost_middleware): under overload most requests are
     shed, and each one that first went through BentoML's metrics, tracing and timeout layers cost the event loop
     several times what the refusal itself does, CPU that the requests being served needed."""
 
-    def __init__(self, app, path: str, overloaded):
+    def __init__(self, app, paths: tuple[str, ...], overloaded):
         self.app = app
-        self.path = path
+        self.paths = paths
         self.overloaded = overloaded   # () -> Retry-After seconds, or None to let the request in
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST"
+        if (scope["type"] == "http" and scope["path"] in self.paths and scope["method"] == "POST"
                 and (retry_after := self.overloaded()) is not None):
             return await _send_error(send, 503, "server overloaded: retry later",
                                      [(b"retry-after", str(retry_after).encode())], close=False)

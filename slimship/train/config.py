@@ -11,7 +11,7 @@ from slimship.core.config import opt
 from slimship.core.errors import UserError
 
 Amp = Literal["auto", "fp16", "bf16", "off"]
-Metric = Literal["accuracy", "f1", "loss"]
+Metric = Literal["main", "accuracy", "f1", "loss"]
 Schedule = Literal["linear", "plateau"]
 AMP_MODES = typing.get_args(Amp)
 METRICS = typing.get_args(Metric)
@@ -33,8 +33,10 @@ class FineTuneConfig:
     amp: Amp = field(default="auto", metadata=opt(
         "mixed precision: auto = fp16+grad scaling on CUDA (bf16 where supported), bf16 autocast on CPUs with "
         "native bf16, else off"))
-    metric: Metric = field(default="accuracy", metadata=opt(
-        "validation metric for early stopping and best-checkpoint choice"))
+    metric: Metric = field(default="main", metadata=opt(
+        "validation metric for early stopping and best-checkpoint choice: main = the task's main metric "
+        "(accuracy; micro-F1 for multilabel; Pearson r for regression), f1 = macro-F1 (classification and "
+        "multilabel), accuracy (classification), loss"))
     patience: int = field(default=2, metadata=opt(
         "evaluations without improvement before stopping; 0 turns early stopping off"))
     min_delta: float = field(default=0.0, metadata=opt("smallest change that counts as improvement"))

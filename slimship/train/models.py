@@ -52,17 +52,22 @@ def model_config(name: str, trust_remote_code: bool = False):
         raise UserError(f"{name}: could not load the model config ({_first_line(e)})") from None
 
 
-def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = False, seed: int = 42):
-    """A sequence-classification model with ``len(labels)`` outputs and id2label/label2id set."""
+def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = False, seed: int = 42,
+                    task: str = "classification"):
+    """A sequence-classification model with ``len(labels)`` outputs, id2label/label2id set, and the head's loss
+    chosen by ``task`` (config.problem_type: cross-entropy, BCE-with-logits per label, or MSE)."""
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
+    from slimship.core.tasks import PROBLEM_TYPE
+
     id2label = {i: name_ for i, name_ in enumerate(labels)}
     label2id = {name_: i for i, name_ in enumerate(labels)}
+    problem_type = PROBLEM_TYPE[task]
     if name == "tiny":
         torch.manual_seed(seed)
         config = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, num_labels=len(labels),
-                            id2label=id2label, label2id=label2id, **TINY_CONFIG)
+                            id2label=id2label, label2id=label2id, problem_type=problem_type, **TINY_CONFIG)
         return BertForSequenceClassification(config)
     from slimship.train import families
 
@@ -72,7 +77,7 @@ def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = F
     families.family_of(model_config(name, trust_remote_code), "train")  # one line for an unsupported family
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=id2label, label2id=label2id,
+            source, num_labels=len(labels), id2label=id2label, label2id=label2id, problem_type=problem_type,
             ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code, use_safetensors=None)
     except (OSError, ValueError) as e:
         raise UserError(f"{name}: could not load the model ({_first_line(e)})") from None

@@ -18,7 +18,8 @@ import torch
 
 from slimship.core.errors import UserError
 from slimship.core.artifact import stage_log
-from slimship.core.metrics import classification_metrics
+from slimship.core.metrics import summary_line, task_metrics
+from slimship.core.tasks import CLASSIFICATION, MAIN_METRIC, MULTILABEL, PROBLEM_TYPE, REGRESSION, split_pairs
 
 from slimship.train.config import AMP_MODES, METRICS, SCHEDULES, TrainConfig  # noqa: F401 (re-exported)
 
@@ -58,10 +59,12 @@ def resolve_amp(requested: str) -> str:
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
-    """Texts tokenized once, unpadded: the collator pads each batch to its own longest row."""
+    """Inputs (texts, or (text, text_pair) tuples) tokenized once, unpadded: the collator pads each batch to
+    its own longest row. Labels are the task's targets (ids, 0/1 rows, or floats)."""
 
-    def __init__(self, tokenizer, texts: list[str], labels: list[int] | None, max_length: int):
-        self.encodings = tokenizer(texts, truncation=True, max_length=max_length)
+    def __init__(self, tokenizer, texts: list, labels: list | None, max_length: int):
+        first, pairs = split_pairs(texts)
+        self.encodings = tokenizer(first, pairs, truncation=True, max_length=max_length)
         self.labels = labels
 
     def __len__(self) -> int:
@@ -74,11 +77,37 @@ class TokenizedDataset(torch.utils.data.Dataset):
         return item
 
 
-def compute_metrics_for(labels: list[str]):
+def task_of_model(model) -> str:
+    """The task of a sequence-classification model, from its config's problem_type (set when it was made)."""
+    problem = getattr(model.config, "problem_type", None)
+    return next((task for task, name in PROBLEM_TYPE.items() if name == problem), CLASSIFICATION)
+
+
+# The metrics computed at each evaluation, by task; "f1" is macro-F1.
+EVAL_METRICS = {CLASSIFICATION: ("accuracy", "f1"), MULTILABEL: ("micro_f1", "f1"),
+                REGRESSION: ("pearson", "spearman", "mse")}
+
+
+def metric_key(metric: str, task: str) -> str:
+    """The eval_* key the Trainer selects checkpoints by; a metric the task does not have is a UserError."""
+    if metric == "loss":
+        return "eval_loss"
+    name = MAIN_METRIC[task] if metric == "main" else metric
+    if name not in EVAL_METRICS[task]:
+        raise UserError(f"--metric {metric}: a {task} model has {', '.join(('main',) + EVAL_METRICS[task])} or "
+                        "loss")
+    return f"eval_{name}"
+
+
+def compute_metrics_for(labels: list[str], task: str = CLASSIFICATION):
+    """Validation metrics during training (multilabel at threshold 0.5: thresholds are tuned afterwards)."""
     def compute(eval_pred) -> dict[str, float]:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        metrics = classification_metrics(np.argmax(logits, axis=-1), eval_pred.label_ids, labels)
-        return {"accuracy": metrics["accuracy"], "f1": metrics["macro_f1"]}
+        metrics = task_metrics(task, logits, eval_pred.label_ids, labels)
+        if task == REGRESSION:
+            return {k: metrics[k] for k in ("pearson", "spearman", "mse")}
+        main = MAIN_METRIC[task]
+        return {main: metrics[main], "f1": metrics["macro_f1"]}
     return compute
 
 
@@ -89,17 +118,18 @@ def distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def training_arguments(cfg: TrainConfig, work_dir: Path, amp: str, has_eval: bool):
+def training_arguments(cfg: TrainConfig, work_dir: Path, amp: str, has_eval: bool, task: str = CLASSIFICATION):
     from transformers import TrainingArguments
 
     per_epoch = cfg.eval_steps <= 0
     strategy = "epoch" if per_epoch else "steps"
-    metric = "eval_loss" if cfg.metric == "loss" else f"eval_{cfg.metric}"
+    metric = metric_key(cfg.metric, task)
+    lower_is_better = metric in ("eval_loss", "eval_mse")
     scheduler, scheduler_kwargs = "linear", {}
     if cfg.lr_schedule == "plateau":
         # The classic recipe: halve the LR when the validation metric stops improving for an evaluation.
         scheduler = "reduce_lr_on_plateau"
-        scheduler_kwargs = {"mode": "min" if cfg.metric == "loss" else "max", "factor": 0.5, "patience": 0}
+        scheduler_kwargs = {"mode": "min" if lower_is_better else "max", "factor": 0.5, "patience": 0}
     return TrainingArguments(
         output_dir=str(work_dir),
         num_train_epochs=cfg.epochs,
@@ -121,7 +151,7 @@ def training_arguments(cfg: TrainConfig, work_dir: Path, amp: str, has_eval: boo
         logging_steps=max(1, cfg.eval_steps // 2) if not per_epoch else 50,
         load_best_model_at_end=has_eval,
         metric_for_best_model=metric if has_eval else None,
-        greater_is_better=cfg.metric != "loss",
+        greater_is_better=not lower_is_better,
         save_total_limit=2,
         save_safetensors=True,
         group_by_length=True,          # length-grouped batches: little padding with dynamic padding
@@ -140,7 +170,8 @@ def build_trainer(model, tokenizer, train_data: TokenizedDataset, eval_data: Tok
                   **trainer_kwargs):
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-    args = training_arguments(cfg, work_dir, amp, has_eval=eval_data is not None)
+    task = task_of_model(model)
+    args = training_arguments(cfg, work_dir, amp, has_eval=eval_data is not None, task=task)
     callbacks = []
     if eval_data is not None and cfg.patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience,
@@ -152,7 +183,7 @@ def build_trainer(model, tokenizer, train_data: TokenizedDataset, eval_data: Tok
         eval_dataset=eval_data,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics_for(labels),
+        compute_metrics=compute_metrics_for(labels, task),
         callbacks=callbacks,
         **trainer_kwargs,
     )
@@ -244,6 +275,5 @@ def print_summary(title: str, outcome: dict[str, Any], amp: str, metrics: dict[s
         f"  time            {outcome['train_seconds']} s",
     ]
     if metrics:
-        lines.append(f"  validation      accuracy {metrics['accuracy'] * 100:.2f}%  macro-F1 "
-                     f"{metrics['macro_f1'] * 100:.2f}%")
+        lines.append(f"  validation      {summary_line(metrics)}")
     print("\n".join(lines), flush=True)

@@ -15,7 +15,8 @@ from slimship.core import artifact
 from slimship.core.artifact import stage_log
 from slimship.core.config import DataConfig
 from slimship.train import recipe
-from slimship.train.artifacts import count_parameters, evaluate_model, load_stage_data, save_model_artifact, work_dir_for
+from slimship.train.artifacts import (count_parameters, evaluate_with_thresholds, load_stage_data, save_model_artifact,
+                                      task_record, work_dir_for)
 from slimship.train.models import load_classifier, load_tokenizer
 from slimship.train.recipe import TokenizedDataset, TrainConfig
 
@@ -31,22 +32,26 @@ def train(model: str, out: str | Path, data: DataConfig, cfg: TrainConfig, *,
     if "validation" not in loaded.splits:
         stage_log("no validation split: early stopping is off and the last epoch's model is kept")
     tokenizer = load_tokenizer(model, trust_remote_code)
-    net = load_classifier(model, loaded.labels, trust_remote_code=trust_remote_code, seed=cfg.seed)
-    train_set = TokenizedDataset(tokenizer, loaded.splits["train"].texts, loaded.splits["train"].labels, cfg.max_length)
+    stage_log(f"task: {loaded.task}" + (" on sentence pairs" if loaded.text_pairs else "")
+              + f", {len(loaded.labels)} label(s)")
+    net = load_classifier(model, loaded.labels, trust_remote_code=trust_remote_code, seed=cfg.seed, task=loaded.task)
+    train_split = loaded.splits["train"]
+    train_set = TokenizedDataset(tokenizer, train_split.inputs, train_split.labels, cfg.max_length)
     val = loaded.splits.get("validation")
-    eval_set = TokenizedDataset(tokenizer, val.texts, val.labels, cfg.max_length) if val else None
+    eval_set = TokenizedDataset(tokenizer, val.inputs, val.labels, cfg.max_length) if val else None
     work_dir = work_dir_for(out)
     trainer = recipe.build_trainer(net, tokenizer, train_set, eval_set, cfg, work_dir, loaded.labels, amp)
     outcome = recipe.run(trainer, cfg, work_dir)
 
     if recipe.is_main_process():
         net = recipe.trained_model(trainer)
-        metrics = evaluate_model(net, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
+        metrics, thresholds = evaluate_with_thresholds(net, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
         config = {"model": model, **data.options(), **cfg.as_dict()}
         with artifact.create(out, "train", format="pytorch", config=config) as art:
             save_model_artifact(art, net, tokenizer)
             art.manifest.update(
-                labels=loaded.labels, max_length=cfg.max_length, base_model=model, metrics=metrics, amp=amp,
+                labels=loaded.labels, **task_record(loaded, thresholds), max_length=cfg.max_length,
+                base_model=model, metrics=metrics, amp=amp,
                 early_stopping=outcome, parameters=count_parameters(net),
                 data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
                       for name, s in loaded.splits.items()},
