@@ -21,6 +21,7 @@ QuantizeMode = Literal["dynamic", "static", "weight_only"]
 Method = Literal["minmax", "entropy", "percentile"]
 Preset = Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"]
 EmbeddingBits = Literal[8, 4]
+WeightBits = Literal[8, 4]
 Objective = Literal["throughput", "latency"]
 
 TEACHER_LOGITS = typing.get_args(TeacherLogits)
@@ -30,6 +31,7 @@ MODES = typing.get_args(QuantizeMode)
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 EMBEDDING_BITS = typing.get_args(EmbeddingBits)
+WEIGHT_BITS = typing.get_args(WeightBits)
 OBJECTIVES = typing.get_args(Objective)
 QUANTIZE_MODES = ("none", *MODES)   # none: the FP32 export is a candidate itself
 VOCAB_MODES = ("full", "train")     # full: the model's own vocabulary; train: only the training data's tokens
@@ -158,7 +160,10 @@ class ExportConfig:
 class QuantizeConfig:
     mode: QuantizeMode = field(default="dynamic", metadata=opt(
         "dynamic: int8 weights, activation scale per call (labels depend on batch-mates); static: calibrated "
-        "QDQ; weight_only: 8-bit MatMul weights, float activations (both batch-invariant)"))
+        "QDQ; weight_only: 8-bit (or --weight-bits 4) MatMul weights, float activations (both batch-invariant)"))
+    weight_bits: WeightBits = field(default=8, metadata=opt(
+        "bits per MatMul weight in weight_only mode (MatMulNBits, a scale per block of 32): 4 halves the "
+        "weights again, for decoder LLMs whose projections are most of the file"))
     per_channel: bool = field(default=False, metadata=opt("one scale per output channel of each weight"))
     calibration: int = field(default=128, metadata=opt("training rows to calibrate on (static)"))
     method: Method = field(default="minmax", metadata=opt("static calibration method"))
@@ -180,6 +185,11 @@ class QuantizeConfig:
             raise UserError(f"--preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
         if self.calibration < 1:
             raise UserError("--calibration must be at least 1 row")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise UserError(f"--weight-bits must be one of {', '.join(map(str, WEIGHT_BITS))}, "
+                            f"not {self.weight_bits!r}")
+        if self.weight_bits != 8 and self.mode != "weight_only":
+            raise UserError(f"--weight-bits {self.weight_bits} applies to --mode weight_only, not {self.mode}")
         if self.embedding_bits not in EMBEDDING_BITS:
             raise UserError(f"--embedding-bits must be one of {', '.join(map(str, EMBEDDING_BITS))}, "
                             f"not {self.embedding_bits!r}")
