@@ -336,8 +336,10 @@ class Pruning:
     head_attrs: tuple[str, str, str] = ("num_attention_heads", "attention_head_size", "all_head_size")
     # (head count, head size, all heads' width) attributes of AttentionParts.module that its forward reads
     # How the config describes fewer heads: "pruned_heads" (head slots of hidden / head size, the removed ones
-    # listed in config.pruned_heads and cut when the model is built), or "tied" (heads x head size must equal
-    # the hidden size: heads are pruned only together with as much hidden size).
+    # listed in config.pruned_heads and cut when the model is built), "tied" (heads x head size must equal
+    # the hidden size: heads are pruned only together with as much hidden size), or "gqa" (grouped-query
+    # attention with head_dim in the config: num_attention_heads query heads share num_key_value_heads KV
+    # heads in equal groups, so every group loses as many query heads; the KV heads stay).
     head_config: str = "pruned_heads"
     hidden_root: tuple[str, ...] = ("embeddings.word_embeddings",)  # the first present one starts the residual
     optional_projection: bool = False   # the root is a projection the config drops when hidden == embedding size
@@ -355,7 +357,12 @@ _MODERNBERT_TIED = ("its fused Wqkv and rotary embeddings take the head size fro
                     "num_attention_heads; cutting heads or hidden size is not implemented for it")
 _MPNET_HEADS = ("one relative-position bias per head, shared by all layers, is added to every layer's scores, "
                 "so its config cannot describe fewer heads")
+_DECODER_HIDDEN = ("the residual stream runs through RMSNorms, rotary embeddings and the head of every block; "
+                   "cutting it is not implemented for decoders")
+_GQA = Pruning(head_attrs=("num_key_value_groups", "head_dim", ""), head_config="gqa",
+               hidden_root=("embed_tokens",), refused=(("hidden", _DECODER_HIDDEN),))
 PRUNING: dict[str, Pruning] = {
+    "llama": _GQA, "qwen2": _GQA, "qwen3": _GQA,
     "bert": Pruning(side_outputs=("pooler.dense",)),
     "roberta": Pruning(side_outputs=("classifier.dense",)),
     "xlm-roberta": Pruning(side_outputs=("classifier.dense",)),
