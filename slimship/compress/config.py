@@ -57,8 +57,8 @@ class DistillConfig(TrainConfig):
         "student depth: N teacher layers evenly spaced, or a comma list of 0-based layer indices to keep, "
         "e.g. 0,2,5 (one index: 0,)", parse=parse_layers))
     student: str | None = field(default=None, metadata=opt(
-        "instead of dropping layers: a smaller model's config.json (random init), a checkpoint dir or a built-in "
-        "name; it must use the teacher's tokenizer"))
+        "instead of dropping layers: a smaller model's config.json (random init, the teacher's tokenizer), or a "
+        "checkpoint dir or built-in name of any supported family, which trains on its own tokenizer"))
     temperature: float = field(default=2.0, metadata=opt("softmax temperature T"))
     alpha: float = field(default=0.5, metadata=opt(
         "weight of the distillation term; 1 - alpha goes to the labels"))
