@@ -269,6 +269,9 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         student = load_student(cfg.student, labels, cfg.seed)
         if own_tokenizer is not None:
             families.align_pad_id(student, own_tokenizer, "distill")
+            if cfg.hidden_weight > 0:
+                raise UserError(f"--hidden-weight needs the student to read the teacher's tokens; --student "
+                                f"{cfg.student} has its own tokenizer")
         if own_tokenizer is None and student.config.vocab_size != teacher.config.vocab_size:
             raise UserError(f"--student {cfg.student}: vocabulary of {student.config.vocab_size} tokens, the "
                             f"teacher's has {teacher.config.vocab_size}; they must share the teacher's tokenizer")
@@ -283,9 +286,6 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         raise UserError(f"--hidden-weight needs the student's hidden size ({student.config.hidden_size}) to equal "
                         f"the teacher's ({teacher.config.hidden_size})")
     mode = cfg.teacher_logits
-    if own_tokenizer is not None and cfg.hidden_weight > 0:
-        raise UserError(f"--hidden-weight needs the student to read the teacher's tokens; --student {cfg.student} "
-                        f"has its own tokenizer")
     if own_tokenizer is not None and mode == "online":
         stage_log(f"--student {cfg.student} has its own tokenizer: the teacher's logits are cached per text")
         mode = "cache"
