@@ -19,7 +19,8 @@ from slimship.core.errors import UserError
 
 FAST = ("gpt2", "llama", "qwen2")
 PARAMS = [*FAST, pytest.param("qwen3", marks=pytest.mark.slow)]
-LORA_RANK = {"llama": 4}    # one family is fine-tuned through LoRA (merged before saving), the rest in full
+LORA_RANK = {"llama": 4}    # one family is fine-tuned through LoRA (merged before saving) with gradient
+                            # checkpointing, the rest in full
 
 TEXTS = ["great", "the plot is thin and the jokes fall flat", "I loved every minute of it, truly a gem",
          "a tedious, overlong mess that goes on and on about nothing in particular, padding the runtime",
@@ -64,8 +65,9 @@ def chains(tmp_path_factory, demo_data):
         root = tmp_path_factory.mktemp(family)
         d = data(demo_data)
         paths = {"checkpoint": build_tiny(family, root / "checkpoint")}
+        lora = LORA_RANK.get(family, 0)
         paths["teacher"] = train(str(paths["checkpoint"]), root / "teacher", d,
-                                 train_config(lora_r=LORA_RANK.get(family, 0)))
+                                 train_config(lora_r=lora, gradient_checkpointing=bool(lora)))
         paths["onnx"] = export(paths["teacher"], root / "onnx", d, ExportConfig())
         paths["dynamic"] = quantize(paths["onnx"], root / "dynamic", d, QuantizeConfig(mode="dynamic"))
         paths["int4"] = quantize(paths["onnx"], root / "int4", d, QuantizeConfig(mode="weight_only", weight_bits=4))
@@ -152,7 +154,7 @@ def test_decoder_layer_dropping_keeps_the_chosen_blocks(tmp_path):
 
     from slimship.train import families
 
-    for family in ("gpt2", "qwen2"):
+    for family in ("gpt2", "llama", "qwen3"):
         teacher = AutoModelForSequenceClassification.from_pretrained(build_tiny(family, tmp_path / family))
         fam = families.family_of(teacher.config, "distill")
         student, dropped = families.student_with_layers(teacher, [1, 3])
@@ -162,6 +164,11 @@ def test_decoder_layer_dropping_keeps_the_chosen_blocks(tmp_path):
             for name, value in fam.layers(student)[s].named_parameters():
                 assert torch.equal(value, t_params[name]), (family, s, name)
         assert torch.equal(student.score.weight, teacher.score.weight)
+        # It saves and reloads as what it is (Qwen's per-layer layer_types shrink with the depth).
+        student.save_pretrained(tmp_path / f"{family}-student")
+        reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / f"{family}-student")
+        ids = torch.tensor([[5, 6, 7, 8]])
+        assert torch.equal(reloaded.eval()(input_ids=ids).logits, student.eval()(input_ids=ids).logits)
 
 
 def test_decoder_prune_keeps_kv_groups_and_reloads_identically(chains, demo_data, tmp_path):
@@ -251,3 +258,27 @@ def test_unsupported_family_is_one_line_naming_it():
     with pytest.raises(UserError) as e:
         families.family_of(OPTConfig(num_hidden_layers=1), "train")
     assert "\n" not in str(e.value) and "'opt'" in str(e.value) and "train" in str(e.value)
+
+
+def test_grid_students_join_the_search_tree_in_their_own_family(tmp_path):
+    """`students: [...]` adds students of any family beside the layer-dropped ones; a family ONNX Runtime's
+    optimizer does not know (a decoder) is exported unfused only; a bad entry is refused in one line."""
+    from slimship.compress.config import grid_from_dict
+    from slimship.compress.search import plan, student_node_names, students_without_fusion
+
+    qwen = build_tiny("qwen2", tmp_path / "qwen")
+    grid = grid_from_dict({"layers": [2], "students": ["tiny", str(qwen)], "prune": [{}, {"ffn": 0.5}],
+                           "optimize": ["none", "O2"], "quantize": ["static"]})
+    names = student_node_names(grid.students)
+    assert names == {"tiny": "S-tiny", str(qwen): "S-qwen"}
+    nodes = {n.name: n for n in plan(4, grid, students_without_fusion(grid.students))}
+    assert nodes["S-tiny"].options == {"student": "tiny"} and nodes["S-qwen"].stage == "distill"
+    assert {"S-tiny-onnx", "S-tiny-onnx-O2", "S-qwen-onnx", "S-qwen-onnx-int8-static"} <= set(nodes)
+    assert "S-qwen-onnx-O2" not in nodes and "L2-onnx-O2" in nodes
+    assert "L2-prune-ffn0.5" in nodes and not any(n.startswith("S-") and "prune" in n for n in nodes)
+    with pytest.raises(UserError, match="students must be"):
+        grid_from_dict({"students": [""]})
+    (tmp_path / "opt").mkdir()
+    (tmp_path / "opt" / "config.json").write_text('{"model_type": "opt", "num_hidden_layers": 2}')
+    with pytest.raises(UserError, match="compress --students: model type 'opt' is not supported"):
+        students_without_fusion([str(tmp_path / "opt")])

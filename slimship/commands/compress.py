@@ -12,6 +12,7 @@ written and the command exits non-zero.
 
 The grid (see configs/grid-default.yaml for the default and its keys):
   layers: [3]                           student depths to distil
+  students: []                          other students (any family, own tokenizer): minilm or checkpoint dirs
   prune: [{}, {heads: 0.5, ffn: 0.5}]   pruning ratios per student ({} = unpruned)
   optimize: [none, O2]                  ONNX Runtime fusion levels
   quantize: [dynamic, static]           INT8 modes (none = keep FP32)

@@ -210,6 +210,9 @@ class Grid:
     stage's options and the data's."""
 
     layers: list[int] = field(default_factory=lambda: [3])
+    # Other students distilled from the teacher beside the layer-dropped ones: built-in names (minilm) or
+    # checkpoint dirs of any supported family, each trained on its own tokenizer (a decoder teacher into MiniLM).
+    students: list[str] = field(default_factory=list)
     prune: list[dict] = field(default_factory=lambda: [{}, {"heads": 0.5, "ffn": 0.5}])
     optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
     quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
@@ -223,6 +226,8 @@ class Grid:
     def check(self, source: str = "grid", section: str | None = None) -> None:
         if any(not isinstance(n, int) or n < 1 for n in self.layers):
             raise UserError(f"{source}: layers must be positive integers, not {self.layers}")
+        if any(not isinstance(name, str) or not name.strip() for name in self.students):
+            raise UserError(f"{source}: students must be model names or checkpoint directories, not {self.students}")
         for entry in self.prune:
             if not isinstance(entry, dict) or set(entry) - {"heads", "ffn", "hidden"}:
                 raise UserError(f"{source}: each prune entry is a mapping of heads/ffn/hidden ratios, not {entry!r}")
@@ -246,7 +251,8 @@ class Grid:
                                          source, f"{section}.{name}" if section else name))
         if not self.optimize or not self.quantize:
             raise UserError(f"{source}: optimize and quantize need at least one entry each")
-        if not self.layers and not self.include_teacher and not any(any(e.values()) for e in self.prune):
+        if not self.layers and not self.students and not self.include_teacher \
+                and not any(any(e.values()) for e in self.prune):
             raise UserError(f"{source}: nothing to search (no layers, no pruning and include_teacher is false)")
 
 

@@ -50,13 +50,32 @@ class Node:
         return self.stage in ("teacher", "distill", "prune", "vocab")
 
 
-def plan(teacher_layers: int, grid: Grid) -> list[Node]:
-    """Every node of the tree, parents before children."""
+def student_node_names(students: list[str]) -> dict[str, str]:
+    """A node name per grid student: S-<its name or directory name>, made unique and safe as a path."""
+    import re
+
+    names: dict[str, str] = {}
+    for spec in students:
+        base = "S-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.rstrip("/")).name or spec)
+        name, k = base, 2
+        while name in names.values():
+            name, k = f"{base}-{k}", k + 1
+        names[spec] = name
+    return names
+
+
+def plan(teacher_layers: int, grid: Grid, unfused: frozenset[str] = frozenset()) -> list[Node]:
+    """Every node of the tree, parents before children. ``unfused``: grid students whose family ONNX Runtime's
+    optimizer does not know (exported with optimize none only)."""
     teacher = Node("teacher", "teacher", None, {})
     # A depth equal to the teacher's is the teacher itself (include_teacher covers it).
     students = [Node(f"L{n}", "distill", teacher, {"layers": n}) for n in grid.layers if n < teacher_layers]
-    nodes = [teacher, *students]
-    bases = ([teacher] if grid.include_teacher else []) + students
+    # Students of their own (any family, own tokenizer) go on to vocabulary trimming, export and quantization;
+    # pruning is for the layer-dropped ones, which share the teacher's family.
+    own = [Node(name, "distill", teacher, {"student": spec})
+           for spec, name in student_node_names(grid.students).items()]
+    nodes = [teacher, *students, *own]
+    bases = ([teacher] if grid.include_teacher else []) + students + own
     for model in students or [teacher]:       # prune the students; the teacher only when there are none
         for entry in grid.prune:
             ratios = {k: float(v) for k, v in sorted(entry.items()) if v}
@@ -72,8 +91,14 @@ def plan(teacher_layers: int, grid: Grid) -> list[Node]:
                    for base in bases if base.stage != "teacher"]
         nodes.extend(trimmed)
         bases = [base for base in bases if "full" in grid.vocab or base.stage == "teacher"] + trimmed
+    def fusable(base: Node) -> bool:
+        while base.stage != "distill" and base.parent is not None:
+            base = base.parent
+        return base.options.get("student") not in unfused
+
     exports = [Node(f"{base.name}-onnx" + ("" if level == "none" else f"-{level}"), "export", base,
-                    {"optimize": level}) for base in bases for level in grid.optimize]
+                    {"optimize": level}) for base in bases for level in grid.optimize
+               if level == "none" or fusable(base)]
     nodes.extend(exports)
     for export in exports:
         for mode in grid.quantize:
@@ -308,6 +333,15 @@ def grid_for_family(config: dict, grid: Grid) -> tuple[Grid, list[dict]]:
     return replace(grid, optimize=optimize, prune=prune), skipped
 
 
+def students_without_fusion(students: list[str]) -> frozenset[str]:
+    """The grid's students whose family ONNX Runtime's optimizer does not know; one line for an unsupported one."""
+    from slimship.train import families
+    from slimship.train.models import model_config
+
+    return frozenset(spec for spec in students
+                     if not families.family_of(model_config(spec), "compress --students").ort_optimizer)
+
+
 def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: CompressConfig) -> Path:
     """Search the grid, write the report and the chosen ONNX artifact at out/model; returns out."""
     from tqdm.auto import tqdm
@@ -334,7 +368,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     grid, skipped = grid_for_family(json.loads((teacher_dir / "config.json").read_text()), cfg.grid)
     for entry in skipped:
         stage_log(f"skipped {entry['grid']}: {entry['reason']}")
-    nodes = plan(teacher_layers, grid)
+    nodes = plan(teacher_layers, grid, students_without_fusion(grid.students))
     measured_nodes = candidates(nodes, cfg.grid)
     if not measured_nodes:
         raise UserError("the grid yields no ONNX candidate to measure (check layers, prune and include_teacher)")

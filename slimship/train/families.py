@@ -72,6 +72,7 @@ class Family:
     pooling: str = "first"                  # "last": the head reads the last token that is not the pad id
     pad_from_eos: bool = False              # no pad token of its own: pad with EOS (and tell the config)
     lora_targets: tuple[str, ...] = ()      # module names LoRA adapts (the head is trained fully)
+    per_layer_keys: tuple[str, ...] = ()    # config lists with one entry per block (Qwen's layer_types)
     # Config keys for the pruned shapes.
     hidden_key: str = "hidden_size"
     heads_key: str = "num_attention_heads"
@@ -217,7 +218,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
              tokenizer_files=_ROBERTA_TOKENIZER + ("tokenizer.model",), head=("model.norm", "score"),
              ort_optimizer=False, pooling="last", pad_from_eos=True,
              lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-             attention=_llama_attention, ffn=_llama_ffn, notes=notes)
+             attention=_llama_attention, ffn=_llama_ffn, per_layer_keys=("layer_types",), notes=notes)
       for name, notes in (("llama", "Llama, DeepSeek-R1-Distill-Llama"),
                           ("qwen2", "Qwen2/2.5, DeepSeek-R1-Distill-Qwen"), ("qwen3", "Qwen3"))),
 )}
@@ -300,6 +301,10 @@ def student_with_layers(teacher, kept: list[int], operation: str = "distill"):
     """
     family = family_of(teacher.config, operation)
     config = copy.deepcopy(teacher.config)
+    for key in family.per_layer_keys:       # each kept block keeps its own entry (sliding or full attention)
+        values = getattr(config, key, None)
+        if isinstance(values, list) and len(values) == family.depth(teacher.config):
+            setattr(config, key, [values[i] for i in kept])
     family.set_depth(config, len(kept))
     student = type(teacher)(config).to(dtype=next(teacher.parameters()).dtype)
     state = teacher.state_dict()
