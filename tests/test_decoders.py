@@ -282,3 +282,35 @@ def test_grid_students_join_the_search_tree_in_their_own_family(tmp_path):
     (tmp_path / "opt" / "config.json").write_text('{"model_type": "opt", "num_hidden_layers": 2}')
     with pytest.raises(UserError, match="compress --students: model type 'opt' is not supported"):
         students_without_fusion([str(tmp_path / "opt")])
+
+
+def test_runtime_pads_on_the_recorded_side(chains, tmp_path):
+    """A manifest saying left: short rows get their pad ids first, and each call keeps the rightmost columns."""
+    import shutil
+
+    from slimship.core.runtime import Classifier
+
+    onnx_dir = tmp_path / "left"
+    shutil.copytree(chains("gpt2")["onnx"], onnx_dir)
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    manifest["tokenizer"]["padding_side"] = "left"
+    (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
+    clf = Classifier(onnx_dir, threads=1, verify=False)
+    feeds = clf.encode(["meh", "the plot is thin and the jokes fall flat"])
+    mask, ids = feeds["attention_mask"], feeds["input_ids"]
+    assert mask[0, 0] == 0 and mask[0, -1] == 1 and ids[0, 0] == manifest["tokenizer"]["pad_token_id"]
+    short = int(mask[0].sum())
+    assert clf._columns(ids, short).tolist()[0] == ids[0, -short:].tolist()
+    # Run alone, the short row sees only its own tokens: the same logits as encoding it by itself.
+    np.testing.assert_allclose(clf.run({k: v[:1] for k, v in feeds.items()}), clf.logits(["meh"]), atol=1e-6)
+
+
+def test_option_refusals_are_one_line(chains, demo_data, tmp_path):
+    from slimship.compress.config import DistillConfig, QuantizeConfig
+    from slimship.compress.distill import distill
+
+    with pytest.raises(UserError, match="--weight-bits 4 applies to --mode weight_only, not dynamic"):
+        QuantizeConfig(mode="dynamic", weight_bits=4).check()
+    with pytest.raises(UserError, match="distill: --lora-r is for slimship train"):
+        distill(chains("qwen2")["teacher"], tmp_path / "s", data(demo_data),
+                DistillConfig(**{**vars(train_config()), "lora_r": 4}))
