@@ -314,3 +314,24 @@ def test_option_refusals_are_one_line(chains, demo_data, tmp_path):
     with pytest.raises(UserError, match="distill: --lora-r is for slimship train"):
         distill(chains("qwen2")["teacher"], tmp_path / "s", data(demo_data),
                 DistillConfig(**{**vars(train_config()), "lora_r": 4}))
+
+
+def test_export_carries_external_weights(chains, demo_data, tmp_path, monkeypatch):
+    """A graph over ONNX's 2 GB limit (a real decoder teacher) keeps its weights in model.onnx_data: optimum's
+    FORCE_ONNX_EXTERNAL_DATA writes a tiny model that way, and the artifact must carry the file and run."""
+    from slimship.compress.config import ExportConfig, QuantizeConfig
+    from slimship.compress.export import export
+    from slimship.compress.quantize import quantize
+    from slimship.core import artifact
+    from slimship.core.runtime import Classifier
+
+    paths = chains("qwen2")
+    monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
+    onnx = export(paths["teacher"], tmp_path / "onnx", data(demo_data), ExportConfig())
+    manifest = artifact.load(onnx)                      # verifies every file's digest, the weights' too
+    assert "model.onnx_data" in manifest["files"] and manifest["file_mb"] > 0.3
+    np.testing.assert_allclose(Classifier(onnx, threads=1).logits(TEXTS),
+                               Classifier(paths["onnx"], threads=1).logits(TEXTS), atol=1e-6)
+    int4 = quantize(onnx, tmp_path / "int4", None, QuantizeConfig(mode="weight_only", weight_bits=4))
+    assert "model.onnx_data" not in artifact.load(int4)["files"]
+    assert Classifier(int4, threads=1).logits(TEXTS).shape == (len(TEXTS), 2)

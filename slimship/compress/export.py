@@ -85,8 +85,41 @@ def write_provisional_manifest(builder) -> None:
     (builder.dir / artifact.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def external_data_files(model_file: str | Path) -> list[str]:
+    """The files beside ``model_file`` that hold its weights: a graph over ONNX's 2 GB protobuf limit (a decoder
+    LLM teacher) keeps them outside, as optimum writes them (model.onnx_data)."""
+    import onnx
+
+    def tensors(graph):
+        for tensor in graph.initializer:
+            yield tensor
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    yield from tensors(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from tensors(subgraph)
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    return sorted({entry.value for tensor in tensors(graph) for entry in tensor.external_data
+                   if entry.key == "location"})
+
+
+def copy_onnx_model(model_file: Path, target_dir: Path) -> None:
+    """``model_file`` as target_dir/model.onnx, with its external-data files (which it names relative to itself)."""
+    shutil.copy(model_file, target_dir / "model.onnx")
+    for name in external_data_files(model_file):
+        shutil.copy(model_file.parent / name, target_dir / name)
+
+
 def onnx_file_mb(path: str | Path) -> float:
-    return round(Path(path).stat().st_size / 1e6, 3)
+    """Megabytes of an ONNX model file, its external-data files included."""
+    path = Path(path)
+    size = path.stat().st_size + sum((path.parent / name).stat().st_size for name in external_data_files(path))
+    return round(size / 1e6, 3)
 
 
 def _optimize(export_dir: Path, level: str, out_file: Path) -> None:
@@ -148,7 +181,7 @@ def export(model_dir: str | Path, out: str | Path, data: DataConfig | None = Non
             main_export(str(model_dir), output=tmp, task="text-classification", opset=cfg.opset,
                         do_validation=False, no_post_process=True, device="cpu")
             if cfg.optimize == "none":
-                shutil.copy(Path(tmp) / "model.onnx", art.dir / "model.onnx")
+                copy_onnx_model(Path(tmp) / "model.onnx", art.dir)
             else:
                 _optimize(Path(tmp), cfg.optimize, art.dir / "model.onnx")
         for name in (*TOKENIZER_FILES, *family.tokenizer_files):   # whatever the family's tokenizer needs

@@ -308,7 +308,7 @@ def write_int8(src_model: Path, target: Path, mode: str, settings: dict[str, Any
 
 def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg: QuantizeConfig) -> Path:
     """ONNX artifact -> INT8 ONNX artifact, with accuracy and size before and after."""
-    from slimship.compress.export import onnx_file_mb, write_provisional_manifest
+    from slimship.compress.export import external_data_files, onnx_file_mb, write_provisional_manifest
     from slimship.compress.evaluate import artifact_logits
     from slimship.core.metrics import classification_metrics
 
@@ -351,8 +351,9 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
                 int8_input, static_options = static_defaults(int8_input, Path(tmp))
             write_int8(int8_input, target, cfg.mode, settings, per_channel=cfg.per_channel, method=cfg.method,
                        reader=reader, work_dir=Path(tmp), weight_bits=cfg.weight_bits, **static_options)
+        source_weights = {"model.onnx", *external_data_files(src_model)}   # replaced by the quantized model
         for name in sorted(p.name for p in onnx_dir.iterdir()):
-            if name not in ("model.onnx", artifact.MANIFEST) and (onnx_dir / name).is_file() \
+            if name not in source_weights and name != artifact.MANIFEST and (onnx_dir / name).is_file() \
                     and name in source["files"]:
                 shutil.copy(onnx_dir / name, art.dir / name)
         size_before, size_after = onnx_file_mb(src_model), onnx_file_mb(target)
