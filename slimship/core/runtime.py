@@ -150,7 +150,8 @@ class Classifier:
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The model's inputs for ``texts``: token ids and masks, truncated to max_length, padded to the
-        longest on the model's side (right unless its manifest says left). ``run`` takes them; encoding apart lets a batch job tokenize the next chunk while one runs."""
+        longest on the model's side (right unless its manifest says left). ``run`` takes them; encoding apart
+        lets a batch job tokenize the next chunk while one runs."""
         if not texts:
             return {name: np.zeros((0, 1), dtype=np.int64) for name in self.input_names}
         encodings = self.tokenizer.encode_batch(list(texts))
