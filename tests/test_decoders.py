@@ -276,6 +276,15 @@ def test_grid_students_join_the_search_tree_in_their_own_family(tmp_path):
     assert {"S-tiny-onnx", "S-tiny-onnx-O2", "S-qwen-onnx", "S-qwen-onnx-int8-static"} <= set(nodes)
     assert "S-qwen-onnx-O2" not in nodes and "L2-onnx-O2" in nodes
     assert "L2-prune-ffn0.5" in nodes and not any(n.startswith("S-") and "prune" in n for n in nodes)
+    # weight_bits: weight-only candidates in 8 and 4 bits, each quantized with its own bits.
+    grid = grid_from_dict({"layers": [2], "prune": [{}], "optimize": ["none"],
+                           "quantize": ["static", "weight_only"], "weight_bits": [8, 4]})
+    quantized = {n.name: n.options for n in plan(4, grid) if n.stage == "quantize"}
+    assert quantized["L2-onnx-int4-weight_only"] == {"mode": "weight_only", "weight_bits": 4}
+    assert quantized["L2-onnx-int8-weight_only"] == {"mode": "weight_only"}
+    assert "L2-onnx-int4-static" not in quantized and "L2-onnx-int8-static" in quantized
+    with pytest.raises(UserError, match="weight_bits entries"):
+        grid_from_dict({"weight_bits": [2]})
     with pytest.raises(UserError, match="students must be"):
         grid_from_dict({"students": [""]})
     (tmp_path / "opt").mkdir()

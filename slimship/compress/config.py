@@ -217,6 +217,7 @@ class Grid:
     optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
     quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
     embedding_bits: list[int] = field(default_factory=lambda: [8])  # 4: word embeddings in 4 bits (smaller file)
+    weight_bits: list[int] = field(default_factory=lambda: [8])  # weight_only's bits; 4: MatMulNBits 4-bit too
     vocab: list[str] = field(default_factory=lambda: ["full"])  # train: also a trimmed-vocabulary variant
     include_teacher: bool = True        # the teacher itself (exported, quantized) is a candidate too
     distill: dict = field(default_factory=dict)         # DistillConfig/DataConfig fields, e.g. {epochs: 3}
@@ -243,6 +244,8 @@ class Grid:
         if not self.embedding_bits or any(b not in EMBEDDING_BITS for b in self.embedding_bits):
             raise UserError(f"{source}: embedding_bits entries must be one of {EMBEDDING_BITS}, "
                             f"not {self.embedding_bits}")
+        if not self.weight_bits or any(b not in WEIGHT_BITS for b in self.weight_bits):
+            raise UserError(f"{source}: weight_bits entries must be one of {WEIGHT_BITS}, not {self.weight_bits}")
         if not self.vocab or any(v not in VOCAB_MODES for v in self.vocab) or len(set(self.vocab)) < len(self.vocab):
             raise UserError(f"{source}: vocab entries must be distinct values of {', '.join(VOCAB_MODES)}, "
                             f"not {self.vocab}")

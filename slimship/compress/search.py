@@ -108,7 +108,10 @@ def plan(teacher_layers: int, grid: Grid, unfused: frozenset[str] = frozenset())
                 continue
             for bits in grid.embedding_bits:
                 if bits == 8:
-                    nodes.append(Node(f"{export.name}-int8-{mode}", "quantize", export, {"mode": mode}))
+                    # weight_only once per weight_bits entry (MatMulNBits 8- or 4-bit), the INT8 modes once.
+                    for weight_bits in (grid.weight_bits if mode == "weight_only" else [8]):
+                        options = {"mode": mode, **({"weight_bits": 4} if weight_bits == 4 else {})}
+                        nodes.append(Node(f"{export.name}-int{weight_bits}-{mode}", "quantize", export, options))
                 elif export.options["optimize"] == "none":   # fused exports hide the table in EmbedLayerNorm
                     nodes.append(Node(f"{export.name}-int8-{mode}-emb4", "quantize", export,
                                       {"mode": mode, "embedding_bits": 4}))
@@ -154,6 +157,7 @@ class Search:
         if node.stage == "quantize":  # calibration rows are drawn from every training row
             return replace(data, max_train_rows=None), QuantizeConfig(
                 mode=node.options["mode"], embedding_bits=node.options.get("embedding_bits", 8),
+                weight_bits=node.options.get("weight_bits", 8),
                 calibration=self.cfg.calibration, seed=t.seed)
         raise ValueError(f"no stage settings for {node.stage!r}")
 
