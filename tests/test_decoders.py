@@ -344,3 +344,23 @@ def test_export_carries_external_weights(chains, demo_data, tmp_path, monkeypatc
     int4 = quantize(onnx, tmp_path / "int4", None, QuantizeConfig(mode="weight_only", weight_bits=4))
     assert "model.onnx_data" not in artifact.load(int4)["files"]
     assert Classifier(int4, threads=1).logits(TEXTS).shape == (len(TEXTS), 2)
+
+
+def test_bert_teacher_into_gpt2_student_pads_with_its_eos(demo_data, tmp_path):
+    """The other direction: a WordPiece teacher into an untrained GPT-2 checkpoint with no pad token; the
+    student pads with its EOS, its config says so, and its export passes the gate at batch 1."""
+    from slimship.compress.config import DistillConfig, ExportConfig
+    from slimship.compress.distill import distill
+    from slimship.compress.export import export
+    from slimship.core import artifact
+    from slimship.train.artifacts import load_pytorch_artifact
+    from slimship.train.stage import train
+
+    d = data(demo_data)
+    teacher = train(str(build_tiny("bert", tmp_path / "bert")), tmp_path / "teacher", d, train_config())
+    student = distill(teacher, tmp_path / "student", d,
+                      DistillConfig(**vars(train_config()), student=str(build_tiny("gpt2", tmp_path / "gpt2"))))
+    _, model, tokenizer = load_pytorch_artifact(student)
+    assert model.config.model_type == "gpt2" and (student / "merges.txt").is_file()
+    assert tokenizer.pad_token == tokenizer.eos_token and model.config.pad_token_id == tokenizer.pad_token_id
+    assert artifact.load(export(student, tmp_path / "onnx", d, ExportConfig()))["parity"]["agreement_batch1"] >= 0.995
