@@ -266,6 +266,9 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     own_tokenizer = None
     if cfg.student:
         own_tokenizer = student_tokenizer(cfg.student, labels)
+        if own_tokenizer is not None and type(own_tokenizer) is type(tokenizer) \
+                and own_tokenizer.get_vocab() == tokenizer.get_vocab():
+            own_tokenizer = None    # the teacher's tokenizer: the hidden-state loss and online logits stay open
         student = load_student(cfg.student, labels, cfg.seed)
         if own_tokenizer is not None:
             families.align_pad_id(student, own_tokenizer, "distill")
