@@ -210,6 +210,12 @@ def test_decoder_prune_refusals_name_family_and_operation(tmp_path):
     assert "\n" not in str(e.value) and "llama" in str(e.value)
     with pytest.raises(UserError, match="llama: hidden pruning is not supported"):
         plan(shape, PruneConfig(hidden=0.25), llama)
+    # Over several steps, heads go in whole KV-group units too: 2 heads in 3 steps is 0, 2, 0 (not 1, 0, 1).
+    from slimship.compress.prune import Removal, step_removals
+
+    steps = step_removals(Removal(heads=2, ffn=30), 3, shape.head_dim, head_unit=2)
+    assert [r.heads for r in steps] == [0, 2, 0]
+    assert sum(r.ffn for r in steps) == 30
     gpt2 = AutoModelForSequenceClassification.from_pretrained(build_tiny("gpt2", tmp_path / "gpt2"))
     with pytest.raises(UserError, match="gpt2: structured pruning is not supported"):
         Shape.of(gpt2)

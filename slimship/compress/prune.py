@@ -153,13 +153,15 @@ def plan(shape: Shape, cfg: PruneConfig, model=None) -> Removal:
     return Removal(heads=heads, ffn=ffn, hidden=hidden_slots * shape.head_dim)
 
 
-def step_removals(total: Removal, steps: int, head_dim: int) -> list[Removal]:
-    """Split a removal into K steps whose running totals follow k/K of the target (hidden in head_dim units)."""
+def step_removals(total: Removal, steps: int, head_dim: int, head_unit: int = 1) -> list[Removal]:
+    """Split a removal into K steps whose running totals follow k/K of the target (hidden in head_dim units,
+    heads in ``head_unit``s: one per KV group under grouped-query attention)."""
     def share(amount: int, k: int, unit: int = 1) -> int:
         units = amount // unit
         return (math.floor(units * k / steps + 0.5) - math.floor(units * (k - 1) / steps + 0.5)) * unit
 
-    return [Removal(heads=share(total.heads, k), ffn=share(total.ffn, k), hidden=share(total.hidden, k, head_dim))
+    return [Removal(heads=share(total.heads, k, head_unit), ffn=share(total.ffn, k),
+                    hidden=share(total.hidden, k, head_dim))
             for k in range(1, steps + 1)]
 
 
@@ -329,6 +331,8 @@ def _prune_decoder_step(model, removal: Removal, importance: str, shape: Shape) 
 
     family, _ = pruning_of(model)
     kv_heads = int(model.config.num_key_value_heads)
+    if removal.heads % kv_heads:
+        raise RuntimeError(f"{removal.heads} query heads cannot be taken evenly from {kv_heads} KV groups")
     per_group = shape.heads // kv_heads
     drop_per_group = removal.heads // kv_heads
     for block in prune_blocks(model):
@@ -361,7 +365,7 @@ def _prune_decoder_step(model, removal: Removal, importance: str, shape: Shape) 
     model.zero_grad(set_to_none=True)
     config = model.config
     config.head_dim = shape.head_dim       # no longer hidden_size / num_attention_heads
-    config.num_attention_heads = (shape.heads - removal.heads)
+    config.num_attention_heads = shape.heads - removal.heads
     config.intermediate_size = shape.ffn - removal.ffn
 
 
@@ -468,7 +472,9 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
             raise UserError(f"--teacher {teacher_dir}: labels {teacher_manifest['labels']} differ from the "
                             f"model's {labels}")
     start_shape = Shape.of(model)
-    removals = step_removals(plan(start_shape, cfg, model), cfg.steps, start_shape.head_dim)
+    _, pruning = pruning_of(model)
+    head_unit = int(model.config.num_key_value_heads) if pruning.head_config == "gqa" else 1
+    removals = step_removals(plan(start_shape, cfg, model), cfg.steps, start_shape.head_dim, head_unit)
     amp = recipe.resolve_amp(cfg.amp) if cfg.recovery_epochs > 0 else "off"
     loaded = load_stage_data(data, labels=labels)
     train_split = loaded.splits["train"]
