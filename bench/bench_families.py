@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/bench_families.py [family ...] [--rows 256]
 
-Each family runs the chain train -> distill (2 of 4 blocks) -> export -> dynamic INT8 -> static INT8 on the
-demo data, then times batch-32 inference through the runtime. Prints one table; numbers go in
+Each family runs the chain train -> distill (2 of 4 blocks) -> export -> dynamic INT8 -> static INT8 ->
+weight-only 4-bit (MatMulNBits) on the demo data, then times batch-32 inference through the runtime on 256
+mixed-length validation texts (so padding is in play: decoders read the last non-pad token). Prints one
+table; numbers go in
 docs/BENCHMARKS.md. The models are tiny, so this times each stage's fixed costs (tokenizer and model loading,
 Trainer set-up, export tracing, calibration), not a real model's compute.
 """
@@ -24,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from family_models import FAMILIES, build_tiny  # noqa: E402
 
-STAGES = ("build", "train", "distill", "export", "dynamic", "static", "runtime")
+STAGES = ("build", "train", "distill", "export", "dynamic", "static", "int4", "runtime", "runtime_int4")
 
 
 def chain(family: str, root: Path, rows: int) -> dict[str, float]:
@@ -53,10 +55,15 @@ def chain(family: str, root: Path, rows: int) -> dict[str, float]:
     onnx = timed("export", lambda: export(student, root / "onnx", data, ExportConfig()))
     timed("dynamic", lambda: quantize(onnx, root / "dynamic", data, QuantizeConfig(mode="dynamic")))
     timed("static", lambda: quantize(onnx, root / "static", data, QuantizeConfig(mode="static", calibration=64)))
-    texts = ["a gripping, beautifully acted film that never lets go"] * 256
-    clf = Classifier(onnx, threads=1)
-    clf.logits(texts[:32])
-    timed("runtime", lambda: [clf.logits(texts[i:i + 32]) for i in range(0, len(texts), 32)])
+    timed("int4", lambda: quantize(onnx, root / "int4", data, QuantizeConfig(mode="weight_only", weight_bits=4)))
+    import csv
+
+    with open(ROOT / "examples" / "sentiment" / "validation.csv", newline="", encoding="utf-8") as f:
+        texts = [row["text"] for row in csv.DictReader(f)][:256]
+    for name, path in (("runtime", onnx), ("runtime_int4", root / "int4")):
+        clf = Classifier(path, threads=1)
+        clf.logits(texts[:32])
+        timed(name, lambda: [clf.logits(texts[i:i + 32]) for i in range(0, len(texts), 32)])
     return seconds
 
 
@@ -77,9 +84,10 @@ def main() -> None:
     print(f"\n| family | {' | '.join(STAGES)} | total |")
     print("|---" * (len(STAGES) + 2) + "|")
     for family, seconds in table.items():
-        cells = [f"{seconds[s]:.1f}" for s in STAGES]
+        cells = [f"{seconds[s]:.2f}" if s.startswith("runtime") else f"{seconds[s]:.1f}" for s in STAGES]
         print(f"| {family} | {' | '.join(cells)} | {sum(seconds.values()):.1f} |")
-    print("\n(seconds; 'runtime' = 256 rows through the FP32 ONNX runtime at batch 32, one thread)")
+    print("\n(seconds; 'runtime' / 'runtime_int4' = 256 mixed-length rows through the FP32 / weight-only 4-bit "
+          "ONNX runtime at batch 32, one thread)")
 
 
 if __name__ == "__main__":

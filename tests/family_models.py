@@ -11,6 +11,12 @@ and the tokenizer is trained with the ``tokenizers`` library on the demo data's 
     deberta-v2                        Unigram (SentencePiece-style), [PAD]=0 [CLS]=1 [SEP]=2, v3's layout
     albert                            Unigram (SentencePiece-style), <pad>=0 <unk>=1 [CLS]=2 [SEP]=3
     modernbert                        byte-level BPE with [CLS]/[SEP]/[PAD] after other specials (pad id 4)
+    gpt2                              byte-level BPE, <|endoftext|>=0 is BOS/EOS/UNK, no pad token (like the real
+                                      one: training pads with EOS), no special tokens added
+    llama                             byte-level BPE, <s>=1 added before each text, </s>=2, no pad token;
+                                      grouped-query attention (4 query heads, 2 KV heads)
+    qwen2, qwen3                      byte-level BPE, <|endoftext|>=0 is the pad token, <|im_end|>=1 EOS, nothing
+                                      added; grouped-query attention (qwen3: head_dim 8 with q/k norms)
 
 Used by tests/test_families.py, the pruning tests and bench/bench_families.py.
 """
@@ -24,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = ROOT / "examples" / "sentiment"
 FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert", "mpnet",
-            "albert")
+            "albert", "gpt2", "llama", "qwen2", "qwen3")
+DECODERS = ("gpt2", "llama", "qwen2", "qwen3")
 VOCAB_SIZE = 800
 LAYERS = 4
 HIDDEN = 32
@@ -55,7 +62,7 @@ def _wordpiece(specials: list[str], cls: str, sep: str):
     return tok
 
 
-def _byte_bpe(specials: list[str], cls: str, sep: str, roberta: bool):
+def _byte_bpe(specials: list[str], cls: str | None, sep: str | None, roberta: bool, bos: str | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -63,7 +70,11 @@ def _byte_bpe(specials: list[str], cls: str, sep: str, roberta: bool):
     tok.decoder = decoders.ByteLevel()
     _train(tok, trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials,
                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    if roberta:
+    if cls is None:     # a decoder: nothing around the text, or only a BOS before it (Llama)
+        if bos is not None:
+            tok.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    elif roberta:
         tok.post_processor = processors.RobertaProcessing(sep=(sep, tok.token_to_id(sep)),
                                                           cls=(cls, tok.token_to_id(cls)))
     else:
@@ -122,8 +133,21 @@ def _tokenizer(family: str):
                         roberta=False)
         hf = T.PreTrainedTokenizerFast(tokenizer_object=tok, **bert_specials,
                                        model_input_names=["input_ids", "attention_mask"])
+    elif family == "gpt2":
+        tok = _byte_bpe(["<|endoftext|>"], None, None, roberta=False)
+        hf = T.GPT2TokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                 unk_token="<|endoftext|>")
+    elif family == "llama":
+        tok = _byte_bpe(["<unk>", "<s>", "</s>"], None, None, roberta=False, bos="<s>")
+        hf = T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    elif family in ("qwen2", "qwen3"):
+        tok = _byte_bpe(["<|endoftext|>", "<|im_end|>"], None, None, roberta=False)
+        hf = T.Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  unk_token=None, bos_token=None)
     else:
         raise ValueError(f"no tiny builder for {family!r}")
+    if family in DECODERS:
+        return hf, {"pad_token_id": hf.pad_token_id, "bos_token_id": hf.bos_token_id, "eos_token_id": hf.eos_token_id}
     ids = {"pad_token_id": hf.pad_token_id, "cls_token_id": hf.cls_token_id, "sep_token_id": hf.sep_token_id}
     if family in ("roberta", "xlm-roberta", "mpnet"):
         ids.update(bos_token_id=hf.cls_token_id, eos_token_id=hf.sep_token_id)
@@ -159,6 +183,18 @@ def _config(family: str, vocab_size: int, ids: dict):
         return T.MPNetConfig(**common)
     if family == "albert":
         return T.AlbertConfig(**common, embedding_size=16)
+    decoder = dict(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=64, max_position_embeddings=130, num_labels=2,
+                   tie_word_embeddings=False, **ids)
+    if family == "gpt2":
+        return T.GPT2Config(vocab_size=vocab_size, n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_inner=64,
+                            n_positions=130, num_labels=2, **ids)
+    if family == "llama":
+        return T.LlamaConfig(**decoder)
+    if family == "qwen2":
+        return T.Qwen2Config(**decoder)
+    if family == "qwen3":
+        return T.Qwen3Config(**decoder, head_dim=8)
     raise ValueError(f"no tiny builder for {family!r}")
 
 

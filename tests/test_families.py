@@ -161,19 +161,19 @@ def test_layer_dropping_keeps_the_chosen_blocks():
 
 
 def test_unknown_family_is_one_line_user_error(tmp_path):
-    from transformers import AutoModelForSequenceClassification, GPT2Config
+    from transformers import AutoModelForSequenceClassification, OPTConfig
 
     from slimship.train import families
 
     with pytest.raises(UserError) as e:
-        families.family_of(GPT2Config(n_layer=1), "distill")
+        families.family_of(OPTConfig(num_hidden_layers=1), "distill")
     message = str(e.value)
-    assert "\n" not in message and "'gpt2'" in message and "distill" in message
+    assert "\n" not in message and "'opt'" in message and "distill" in message
 
     from slimship.compress.search import depth_of_checkpoint
 
-    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
-    with pytest.raises(UserError, match="compress.*'gpt2'"):
+    (tmp_path / "config.json").write_text('{"model_type": "opt", "num_hidden_layers": 2}')
+    with pytest.raises(UserError, match="compress.*'opt'"):
         depth_of_checkpoint(tmp_path)
     del AutoModelForSequenceClassification
 

@@ -12,10 +12,12 @@ written and the command exits non-zero.
 
 The grid (see configs/grid-default.yaml for the default and its keys):
   layers: [3]                           student depths to distil
+  students: []                          other students (any family, own tokenizer): minilm or checkpoint dirs
   prune: [{}, {heads: 0.5, ffn: 0.5}]   pruning ratios per student ({} = unpruned)
   optimize: [none, O2]                  ONNX Runtime fusion levels
   quantize: [dynamic, static]           INT8 modes (none = keep FP32)
   embedding_bits: [8]                   add 4 for 4-bit word-embedding candidates (smaller files)
+  weight_bits: [8]                      with weight_only in quantize: add 4 for 4-bit MatMul weights
   vocab: [full]                         add train to also try each student with only the training data's tokens
   include_teacher: true                 the teacher itself is a candidate too
   distill: {epochs: 3}                  distill options (and data options such as max_train_rows);

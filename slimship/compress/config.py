@@ -22,6 +22,7 @@ QuantizeMode = Literal["dynamic", "static", "weight_only"]
 Method = Literal["minmax", "entropy", "percentile"]
 Preset = Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"]
 EmbeddingBits = Literal[8, 4]
+WeightBits = Literal[8, 4]
 Objective = Literal["throughput", "latency"]
 
 TEACHER_LOGITS = typing.get_args(TeacherLogits)
@@ -31,6 +32,7 @@ MODES = typing.get_args(QuantizeMode)
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 EMBEDDING_BITS = typing.get_args(EmbeddingBits)
+WEIGHT_BITS = typing.get_args(WeightBits)
 OBJECTIVES = typing.get_args(Objective)
 QUANTIZE_MODES = ("none", *MODES)   # none: the FP32 export is a candidate itself
 VOCAB_MODES = ("full", "train")     # full: the model's own vocabulary; train: only the training data's tokens
@@ -97,8 +99,8 @@ class DistillConfig(TransferOptions, TrainConfig):
         "student depth: N teacher layers evenly spaced, or a comma list of 0-based layer indices to keep, "
         "e.g. 0,2,5 (one index: 0,)", parse=parse_layers))
     student: str | None = field(default=None, metadata=opt(
-        "instead of dropping layers: a smaller model's config.json (random init), a checkpoint dir or a built-in "
-        "name; it must use the teacher's tokenizer"))
+        "instead of dropping layers: a smaller model's config.json (random init, the teacher's tokenizer), or a "
+        "checkpoint dir or built-in name of any supported family, which trains on its own tokenizer"))
     temperature: float = field(default=2.0, metadata=opt("softmax temperature T"))
     alpha: float = field(default=0.5, metadata=opt(
         "weight of the distillation term; 1 - alpha goes to the labels"))
@@ -203,7 +205,10 @@ class ExportConfig:
 class QuantizeConfig:
     mode: QuantizeMode = field(default="dynamic", metadata=opt(
         "dynamic: int8 weights, activation scale per call (labels depend on batch-mates); static: calibrated "
-        "QDQ; weight_only: 8-bit MatMul weights, float activations (both batch-invariant)"))
+        "QDQ; weight_only: 8-bit (or --weight-bits 4) MatMul weights, float activations (both batch-invariant)"))
+    weight_bits: WeightBits = field(default=8, metadata=opt(
+        "bits per MatMul weight in weight_only mode (MatMulNBits, a scale per block of 32): 4 halves the "
+        "weights again, for decoder LLMs whose projections are most of the file"))
     per_channel: bool = field(default=False, metadata=opt("one scale per output channel of each weight"))
     calibration: int = field(default=128, metadata=opt("training rows to calibrate on (static)"))
     method: Method = field(default="minmax", metadata=opt("static calibration method"))
@@ -225,6 +230,11 @@ class QuantizeConfig:
             raise UserError(f"--preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
         if self.calibration < 1:
             raise UserError("--calibration must be at least 1 row")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise UserError(f"--weight-bits must be one of {', '.join(map(str, WEIGHT_BITS))}, "
+                            f"not {self.weight_bits!r}")
+        if self.weight_bits != 8 and self.mode != "weight_only":
+            raise UserError(f"--weight-bits {self.weight_bits} applies to --mode weight_only, not {self.mode}")
         if self.embedding_bits not in EMBEDDING_BITS:
             raise UserError(f"--embedding-bits must be one of {', '.join(map(str, EMBEDDING_BITS))}, "
                             f"not {self.embedding_bits!r}")
@@ -245,10 +255,14 @@ class Grid:
     stage's options and the data's."""
 
     layers: list[int] = field(default_factory=lambda: [3])
+    # Other students distilled from the teacher beside the layer-dropped ones: built-in names (minilm) or
+    # checkpoint dirs of any supported family, each trained on its own tokenizer (a decoder teacher into MiniLM).
+    students: list[str] = field(default_factory=list)
     prune: list[dict] = field(default_factory=lambda: [{}, {"heads": 0.5, "ffn": 0.5}])
     optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
     quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
     embedding_bits: list[int] = field(default_factory=lambda: [8])  # 4: word embeddings in 4 bits (smaller file)
+    weight_bits: list[int] = field(default_factory=lambda: [8])  # weight_only's bits; 4: MatMulNBits 4-bit too
     vocab: list[str] = field(default_factory=lambda: ["full"])  # train: also a trimmed-vocabulary variant
     include_teacher: bool = True        # the teacher itself (exported, quantized) is a candidate too
     distill: dict = field(default_factory=dict)         # DistillConfig/DataConfig fields, e.g. {epochs: 3}
@@ -258,6 +272,8 @@ class Grid:
     def check(self, source: str = "grid", section: str | None = None) -> None:
         if any(not isinstance(n, int) or n < 1 for n in self.layers):
             raise UserError(f"{source}: layers must be positive integers, not {self.layers}")
+        if any(not isinstance(name, str) or not name.strip() for name in self.students):
+            raise UserError(f"{source}: students must be model names or checkpoint directories, not {self.students}")
         for entry in self.prune:
             if not isinstance(entry, dict) or set(entry) - {"heads", "ffn", "hidden"}:
                 raise UserError(f"{source}: each prune entry is a mapping of heads/ffn/hidden ratios, not {entry!r}")
@@ -273,6 +289,8 @@ class Grid:
         if not self.embedding_bits or any(b not in EMBEDDING_BITS for b in self.embedding_bits):
             raise UserError(f"{source}: embedding_bits entries must be one of {EMBEDDING_BITS}, "
                             f"not {self.embedding_bits}")
+        if not self.weight_bits or any(b not in WEIGHT_BITS for b in self.weight_bits):
+            raise UserError(f"{source}: weight_bits entries must be one of {WEIGHT_BITS}, not {self.weight_bits}")
         if not self.vocab or any(v not in VOCAB_MODES for v in self.vocab) or len(set(self.vocab)) < len(self.vocab):
             raise UserError(f"{source}: vocab entries must be distinct values of {', '.join(VOCAB_MODES)}, "
                             f"not {self.vocab}")
@@ -281,7 +299,8 @@ class Grid:
                                          source, f"{section}.{name}" if section else name))
         if not self.optimize or not self.quantize:
             raise UserError(f"{source}: optimize and quantize need at least one entry each")
-        if not self.layers and not self.include_teacher and not any(any(e.values()) for e in self.prune):
+        if not self.layers and not self.students and not self.include_teacher \
+                and not any(any(e.values()) for e in self.prune):
             raise UserError(f"{source}: nothing to search (no layers, no pruning and include_teacher is false)")
 
 

@@ -80,6 +80,30 @@ def student_from_teacher(teacher, indices: list[int]):
     return student
 
 
+def student_tokenizer(spec: str, labels: list[str]):
+    """The tokenizer a --student trains with: its own for a checkpoint dir or a built-in name (any family: the
+    teacher's soft targets are per text, so the two tokenizations never meet), None for a config.json (a
+    random model that must use the teacher's). A trained checkpoint with other labels is refused."""
+    import json
+
+    from slimship.train.models import load_tokenizer
+
+    path = Path(spec)
+    if path.is_file():
+        return None
+    for name in ("manifest.json", "config.json"):
+        try:
+            recorded = json.loads((path / name).read_text()) if (path / name).is_file() else {}
+        except ValueError:
+            continue
+        theirs = recorded.get("labels") if name == "manifest.json" else \
+            [recorded.get("id2label", {}).get(str(i)) for i in range(len(recorded.get("id2label") or {}))]
+        if theirs and not all(str(t).startswith("LABEL_") for t in theirs) and list(theirs) != list(labels):
+            raise UserError(f"--student {spec}: trained for labels {list(theirs)}, the teacher's are {labels}; "
+                            f"distil into an untrained checkpoint or one with the teacher's labels")
+    return load_tokenizer(spec)
+
+
 def load_student(spec: str, labels: list[str], seed: int, task: str = "classification"):
     """A student from a config.json (randomly initialised), a checkpoint dir or a built-in model name, with the
     head of ``task``."""
@@ -234,14 +258,18 @@ def transfer_texts(teacher, tokenizer, train_texts: list, unlabeled: list[str], 
     return augmented + list(unlabeled), counts
 
 
-def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str, extra_texts=()):
+def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str, extra_texts=(),
+                 student_tokenizer=None):
     """The training set for distillation: the labelled rows and ``extra_texts``, which take the teacher's
-    prediction as their label. The teacher's logits are cached with each row when ``mode`` is "cache"."""
+    prediction as their label. The teacher's logits are cached with each row when ``mode`` is "cache":
+    computed per text with the teacher's ``tokenizer``, carried by rows tokenized with ``student_tokenizer``
+    (default: the same)."""
     from slimship.train.artifacts import predict_logits
 
+    student_tokenizer = student_tokenizer or tokenizer
     extra = list(extra_texts)
     if mode != "cache" and not extra:
-        return TokenizedDataset(tokenizer, texts, labels, cfg.max_length), None
+        return TokenizedDataset(student_tokenizer, texts, labels, cfg.max_length), None
     started = time.time()
     all_texts = list(texts) + extra
     logits = predict_logits(teacher, tokenizer, all_texts, cfg.max_length, cfg.eval_batch_size)
@@ -249,8 +277,8 @@ def kd_train_set(teacher, tokenizer, texts, labels, cfg: TrainConfig, mode: str,
     seconds = round(time.time() - started, 2)
     stage_log(f"the teacher labelled {len(all_texts)} training texts in {seconds} s")
     if mode != "cache":
-        return TokenizedDataset(tokenizer, all_texts, all_labels, cfg.max_length), seconds
-    return KDDataset(tokenizer, all_texts, all_labels, cfg.max_length, logits), seconds
+        return TokenizedDataset(student_tokenizer, all_texts, all_labels, cfg.max_length), seconds
+    return KDDataset(student_tokenizer, all_texts, all_labels, cfg.max_length, logits), seconds
 
 
 # --- the stage -------------------------------------------------------------------------------------------------
@@ -282,10 +310,22 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     stage_log(f"AMP mode: {amp} (asked: {cfg.amp})")
     loaded = load_stage_data(data, manifest=teacher_manifest)
 
+    if cfg.lora_r:
+        raise UserError("distill: --lora-r is for slimship train; a student is trained in full")
     teacher_layers = families.family_of(teacher.config, "distill").depth(teacher.config)
+    own_tokenizer = None
     if cfg.student:
+        own_tokenizer = student_tokenizer(cfg.student, labels)
+        if own_tokenizer is not None and type(own_tokenizer) is type(tokenizer) \
+                and own_tokenizer.get_vocab() == tokenizer.get_vocab():
+            own_tokenizer = None    # the teacher's tokenizer: the hidden-state loss and online logits stay open
         student = load_student(cfg.student, labels, cfg.seed, loaded.task)
-        if student.config.vocab_size != teacher.config.vocab_size:
+        if own_tokenizer is not None:
+            families.align_pad_id(student, own_tokenizer, "distill")
+            if cfg.hidden_weight > 0:
+                raise UserError(f"--hidden-weight needs the student to read the teacher's tokens; --student "
+                                f"{cfg.student} has its own tokenizer")
+        if own_tokenizer is None and student.config.vocab_size != teacher.config.vocab_size:
             raise UserError(f"--student {cfg.student}: vocabulary of {student.config.vocab_size} tokens, the "
                             f"teacher's has {teacher.config.vocab_size}; they must share the teacher's tokenizer")
         kept, origin = None, {"student": cfg.student}
@@ -299,6 +339,9 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         raise UserError(f"--hidden-weight needs the student's hidden size ({student.config.hidden_size}) to equal "
                         f"the teacher's ({teacher.config.hidden_size})")
     mode = cfg.teacher_logits
+    if own_tokenizer is not None and mode == "online":
+        stage_log(f"--student {cfg.student} has its own tokenizer: the teacher's logits are cached per text")
+        mode = "cache"
     if cfg.hidden_weight > 0 and mode == "cache":
         stage_log("--hidden-weight > 0 needs the teacher's hidden states of every batch: running it online")
         mode = "online"
@@ -306,15 +349,16 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
               f"teacher logits {mode}")
 
     train_split = loaded.splits["train"]
+    student_tok = own_tokenizer or tokenizer
     extra, transfer = transfer_texts(teacher, tokenizer, train_split.inputs, unlabeled, cfg,
                                      teacher_manifest.get("task"))
     train_set, cache_seconds = kd_train_set(teacher, tokenizer, train_split.inputs, train_split.labels, cfg, mode,
-                                            extra)
+                                            extra, student_tokenizer=student_tok)
     val = loaded.splits.get("validation")
-    eval_set = TokenizedDataset(tokenizer, val.inputs, val.labels, cfg.max_length) if val else None
+    eval_set = TokenizedDataset(student_tok, val.inputs, val.labels, cfg.max_length) if val else None
     work_dir = work_dir_for(out)
     trainer = recipe.build_trainer(
-        student, tokenizer, train_set, eval_set, cfg, work_dir, labels, amp,
+        student, student_tok, train_set, eval_set, cfg, work_dir, labels, amp,
         trainer_class=distill_trainer_class(), teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha,
         hidden_weight=cfg.hidden_weight, layer_map=layer_map)
     outcome = recipe.run(trainer, cfg, work_dir)
@@ -322,14 +366,14 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     if recipe.is_main_process():
         student = recipe.trained_model(trainer)
         teacher_metrics = evaluate_model(teacher, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
-        metrics, thresholds = evaluate_with_thresholds(student, tokenizer, loaded, cfg.max_length,
+        metrics, thresholds = evaluate_with_thresholds(student, student_tok, loaded, cfg.max_length,
                                                        cfg.eval_batch_size)
         teacher_profile = model_profile(teacher, cfg.max_length)
         student_profile = model_profile(student, cfg.max_length)
         delta = metric_delta(_summary(metrics.get("validation")), _summary(teacher_metrics.get("validation")))
         config = {"teacher": str(teacher_dir), **data.options(), **cfg.as_dict()}
         with artifact.create(out, "distill", format="pytorch", parent=teacher_dir, config=config) as art:
-            save_model_artifact(art, student, tokenizer)
+            save_model_artifact(art, student, student_tok)
             art.manifest.update(
                 labels=labels, **task_record(loaded, thresholds), max_length=cfg.max_length, metrics=metrics, amp=amp,
                 early_stopping=outcome,

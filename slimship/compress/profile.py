@@ -59,5 +59,6 @@ def weights_size(artifact_dir: str | Path) -> int:
     root = Path(artifact_dir)
     for name in ("model.safetensors", "model.onnx"):
         if (root / name).is_file():
-            return file_size(root / name) + sum(file_size(p) for p in root.glob(name + ".data"))
+            # Weights over ONNX's 2 GB limit live beside the graph (model.onnx_data, model.onnx.data).
+            return file_size(root / name) + sum(file_size(p) for p in root.glob(name + "*data"))
     return file_size(root)

@@ -77,8 +77,12 @@ class Shape:
         first = prune_blocks(model)[0]
         attention, ffn = family.attention(first), family.ffn(first)
         count, size, _ = pruning.head_attrs
-        return cls(hidden=_width(_hidden_root(model, pruning)), heads=getattr(attention.module, count),
-                   head_dim=getattr(attention.module, size), ffn=ffn.down.in_features)
+        head_dim = getattr(attention.module, size)
+        # Grouped-query attention keeps no head count on the module: the query projection's width tells it.
+        heads = attention.query.out_features // head_dim if pruning.head_config == "gqa" \
+            else getattr(attention.module, count)
+        return cls(hidden=_width(_hidden_root(model, pruning)), heads=heads, head_dim=head_dim,
+                   ffn=ffn.down.in_features)
 
 
 @dataclass
@@ -111,6 +115,11 @@ def plan(shape: Shape, cfg: PruneConfig, model=None) -> Removal:
     ffn = round(cfg.ffn * shape.ffn)
     slots = shape.hidden // shape.head_dim
     hidden_slots = round(cfg.hidden * slots)
+    kv_heads = getattr(getattr(model, "config", None), "num_key_value_heads", None) or shape.heads
+    if pruning.head_config == "gqa" and heads % kv_heads:
+        raise UserError(f"{name}: --heads {cfg.heads:g} removes {heads} of {shape.heads} query heads, but with "
+                        f"grouped-query attention each of the {kv_heads} KV groups must lose as many; remove a "
+                        f"multiple of {kv_heads} heads (--heads {kv_heads / shape.heads:.3g} is the smallest step)")
     if cfg.heads and heads == 0:
         raise UserError(f"--heads {cfg.heads:g} removes no head of {shape.heads} (the smallest step is "
                         f"{1 / shape.heads:.3g})")
@@ -145,13 +154,15 @@ def plan(shape: Shape, cfg: PruneConfig, model=None) -> Removal:
     return Removal(heads=heads, ffn=ffn, hidden=hidden_slots * shape.head_dim)
 
 
-def step_removals(total: Removal, steps: int, head_dim: int) -> list[Removal]:
-    """Split a removal into K steps whose running totals follow k/K of the target (hidden in head_dim units)."""
+def step_removals(total: Removal, steps: int, head_dim: int, head_unit: int = 1) -> list[Removal]:
+    """Split a removal into K steps whose running totals follow k/K of the target (hidden in head_dim units,
+    heads in ``head_unit``s: one per KV group under grouped-query attention)."""
     def share(amount: int, k: int, unit: int = 1) -> int:
         units = amount // unit
         return (math.floor(units * k / steps + 0.5) - math.floor(units * (k - 1) / steps + 0.5)) * unit
 
-    return [Removal(heads=share(total.heads, k), ffn=share(total.ffn, k), hidden=share(total.hidden, k, head_dim))
+    return [Removal(heads=share(total.heads, k, head_unit), ffn=share(total.ffn, k),
+                    hidden=share(total.hidden, k, head_dim))
             for k in range(1, steps + 1)]
 
 
@@ -225,6 +236,9 @@ def prune_step(model, removal: Removal, importance: str, batches: list[dict], ma
     shape = Shape.of(model)
     if importance == "taylor":
         accumulate_gradients(model, batches)
+    if pruning.head_config == "gqa":
+        _prune_decoder_step(model, removal, importance, shape)
+        return
     gated = family.ffn(prune_blocks(model)[0]).gated
     # Gated FFNs by hand (torch-pruning's trace does not split the up projection's rows into input and gate
     # halves), before the graph is traced, so that it sees the cut modules.
@@ -281,6 +295,79 @@ def prune_step(model, removal: Removal, importance: str, batches: list[dict], ma
                    _lowest(scores(up, tp.prune_linear_out_channels, shape.ffn), removal.ffn))
     model.zero_grad(set_to_none=True)
     update_config(model, shape.head_dim)
+
+
+def _score(weight, dim: int, kind: str):
+    """Importance summed over ``dim``: |w * dL/dw| (taylor, where gradients exist) or w^2 (magnitude)."""
+    value = weight.detach() * weight.grad if kind == "taylor" and weight.grad is not None else weight.detach()
+    return (value.abs() if kind == "taylor" else value.pow(2)).sum(dim=dim)
+
+
+def _keep_rows(linear, keep) -> None:
+    import torch
+
+    with torch.no_grad():
+        linear.weight = torch.nn.Parameter(linear.weight[keep].clone())
+        if linear.bias is not None:
+            linear.bias = torch.nn.Parameter(linear.bias[keep].clone())
+    linear.out_features = len(keep)
+
+
+def _keep_columns(linear, keep) -> None:
+    import torch
+
+    with torch.no_grad():
+        linear.weight = torch.nn.Parameter(linear.weight[:, keep].clone())
+    linear.in_features = len(keep)
+
+
+def _prune_decoder_step(model, removal: Removal, importance: str, shape: Shape) -> None:
+    """Llama/Qwen blocks, cut by hand: both are plain Linears whose coupling is known exactly.
+
+    Heads: grouped-query attention repeats KV head g for query heads g*G..(g+1)*G-1, so each of the KV groups
+    loses the same number of its query heads (their q_proj rows and o_proj columns); the KV heads stay and G
+    shrinks. FFN (SwiGLU, down(act(gate(x)) * up(x))): a channel is a gate row, an up row and a down column,
+    ranked by their importance summed and cut together."""
+    import torch
+
+    family, _ = pruning_of(model)
+    kv_heads = int(model.config.num_key_value_heads)
+    if removal.heads % kv_heads:
+        raise RuntimeError(f"{removal.heads} query heads cannot be taken evenly from {kv_heads} KV groups")
+    per_group = shape.heads // kv_heads
+    drop_per_group = removal.heads // kv_heads
+    for block in prune_blocks(model):
+        if removal.heads:
+            parts = family.attention(block)
+            with torch.no_grad():
+                per_head = (_score(parts.query.weight, 1, importance).view(shape.heads, -1).sum(1)
+                            + _score(parts.output.weight, 0, importance).view(shape.heads, -1).sum(1))
+                if parts.query.bias is not None:
+                    per_head += _score(parts.query.bias.view(-1, 1), 1, importance).view(shape.heads, -1).sum(1)
+            kept_heads = []
+            for g in range(kv_heads):
+                group = list(range(g * per_group, (g + 1) * per_group))
+                dropped = {group[i] for i in _lowest(per_head[group], drop_per_group)}
+                kept_heads += [h for h in group if h not in dropped]
+            keep = torch.tensor([h * shape.head_dim + d for h in kept_heads for d in range(shape.head_dim)])
+            _keep_rows(parts.query, keep)
+            _keep_columns(parts.output, keep)
+            parts.module.num_key_value_groups = per_group - drop_per_group
+        if removal.ffn:
+            parts = family.ffn(block)
+            with torch.no_grad():
+                scores = (_score(parts.gate.weight, 1, importance) + _score(parts.up.weight, 1, importance)
+                          + _score(parts.down.weight, 0, importance))
+            dropped = set(_lowest(scores, removal.ffn))
+            keep = torch.tensor([c for c in range(shape.ffn) if c not in dropped])
+            _keep_rows(parts.gate, keep)
+            _keep_rows(parts.up, keep)
+            _keep_columns(parts.down, keep)
+    model.zero_grad(set_to_none=True)
+    config = model.config
+    config.head_dim = shape.head_dim       # no longer hidden_size / num_attention_heads
+    config.num_attention_heads = shape.heads - removal.heads
+    config.intermediate_size = shape.ffn - removal.ffn
 
 
 def _drop_columns(table, dropped: list[int]) -> None:
@@ -409,7 +496,9 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
             raise UserError(f"--teacher {teacher_dir}: labels {teacher_manifest['labels']} differ from the "
                             f"model's {labels}")
     start_shape = Shape.of(model)
-    removals = step_removals(plan(start_shape, cfg, model), cfg.steps, start_shape.head_dim)
+    _, pruning = pruning_of(model)
+    head_unit = int(model.config.num_key_value_heads) if pruning.head_config == "gqa" else 1
+    removals = step_removals(plan(start_shape, cfg, model), cfg.steps, start_shape.head_dim, head_unit)
     amp = recipe.resolve_amp(cfg.amp) if cfg.recovery_epochs > 0 else "off"
     loaded = load_stage_data(data, manifest=source)
     train_split = loaded.splits["train"]

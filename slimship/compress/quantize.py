@@ -260,11 +260,12 @@ def static_defaults(model_file: Path, work_dir: Path) -> tuple[Path, dict[str, A
 def write_int8(src_model: Path, target: Path, mode: str, settings: dict[str, Any], *, per_channel: bool = False,
                method: str = "minmax", reader: TokenizedRows | None = None, work_dir: Path,
                op_types: list[str] | None = None, nodes_to_exclude: list[str] | None = None,
-               accuracy_level: int | None = None) -> None:
+               accuracy_level: int | None = None, weight_bits: int = 8) -> None:
     """Quantize ``src_model`` into ``target`` with ONNX Runtime's quantizers (the part bench/bench_int8.py varies).
 
     dynamic: ``quantize_dynamic`` (per-call activation scales: not batch-invariant). static: QDQ with the
-    activation ranges calibrated on ``reader``. weight_only: MatMul weights in 8 bits per block (``MatMulNBits``);
+    activation ranges calibrated on ``reader``. weight_only: MatMul weights in ``weight_bits`` (8 or 4) bits per
+    block (``MatMulNBits``);
     activations stay float, or with ``accuracy_level=4`` are quantized per row block, so a row never sees another's
     values either way."""
     import onnx
@@ -291,7 +292,7 @@ def write_int8(src_model: Path, target: Path, mode: str, settings: dict[str, Any
         with quiet_root_logger():
             from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                          MatMulNBitsQuantizer)
-        config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=8,
+        config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=weight_bits,
                                               accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src_model)), nodes_to_exclude=nodes_to_exclude or [],
                                          algo_config=config)
@@ -304,7 +305,7 @@ def write_int8(src_model: Path, target: Path, mode: str, settings: dict[str, Any
 
 def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg: QuantizeConfig) -> Path:
     """ONNX artifact -> INT8 ONNX artifact, with accuracy and size before and after."""
-    from slimship.compress.export import onnx_file_mb, write_provisional_manifest
+    from slimship.compress.export import external_data_files, onnx_file_mb, write_provisional_manifest
     from slimship.compress.evaluate import artifact_logits
     from slimship.compress.config import ExportConfig
     from slimship.compress.export import row_agreement, task_fields
@@ -325,7 +326,8 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
     preset = cpu_preset() if cfg.preset == "auto" else cfg.preset
     settings = preset_settings(preset, cfg.mode == "static", cfg.per_channel)
     src_model = onnx_dir / "model.onnx"
-    stage_log(f"quantize {onnx_dir}: {cfg.mode} INT8, preset {preset}"
+    kind = f"weight-only {cfg.weight_bits}-bit" if cfg.mode == "weight_only" else f"{cfg.mode} INT8"
+    stage_log(f"quantize {onnx_dir}: {kind}, preset {preset}"
               + (f", {cfg.method} calibration on {cfg.calibration} rows" if cfg.mode == "static" else "")
               + (f", word embeddings 4-bit (blocks of {cfg.embedding_block_size})" if cfg.embedding_bits == 4
                  else ""))
@@ -348,9 +350,10 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
                 reader = TokenizedRows(onnx_dir, texts, source["max_length"], _input_names(src_model))
                 int8_input, static_options = static_defaults(int8_input, Path(tmp))
             write_int8(int8_input, target, cfg.mode, settings, per_channel=cfg.per_channel, method=cfg.method,
-                       reader=reader, work_dir=Path(tmp), **static_options)
+                       reader=reader, work_dir=Path(tmp), weight_bits=cfg.weight_bits, **static_options)
+        source_weights = {"model.onnx", *external_data_files(src_model)}   # replaced by the quantized model
         for name in sorted(p.name for p in onnx_dir.iterdir()):
-            if name not in ("model.onnx", artifact.MANIFEST) and (onnx_dir / name).is_file() \
+            if name not in source_weights and name != artifact.MANIFEST and (onnx_dir / name).is_file() \
                     and name in source["files"]:
                 shutil.copy(onnx_dir / name, art.dir / name)
         size_before, size_after = onnx_file_mb(src_model), onnx_file_mb(target)
@@ -361,7 +364,8 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
                 art.manifest[key] = source[key]
         quantization = {"mode": cfg.mode, "batch_invariant": batch_invariant(cfg.mode), "preset": preset,
                         "per_channel": cfg.per_channel,
-                        "weight_type": "int8 per block of " + str(WEIGHT_ONLY_BLOCK) if cfg.mode == "weight_only"
+                        "weight_type": f"int{cfg.weight_bits} per block of {WEIGHT_ONLY_BLOCK}"
+                        if cfg.mode == "weight_only"
                         else str(settings["weight_type"]),
                         "activation_type": {"static": str(settings["activation_type"]),
                                             "dynamic": "uint8 (scale per call)"}.get(cfg.mode, "float"),

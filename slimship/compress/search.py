@@ -55,13 +55,32 @@ class Node:
         return self.stage in ("teacher", "distill", "prune", "vocab")
 
 
-def plan(teacher_layers: int, grid: Grid) -> list[Node]:
-    """Every node of the tree, parents before children."""
+def student_node_names(students: list[str]) -> dict[str, str]:
+    """A node name per grid student: S-<its name or directory name>, made unique and safe as a path."""
+    import re
+
+    names: dict[str, str] = {}
+    for spec in students:
+        base = "S-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.rstrip("/")).name or spec)
+        name, k = base, 2
+        while name in names.values():
+            name, k = f"{base}-{k}", k + 1
+        names[spec] = name
+    return names
+
+
+def plan(teacher_layers: int, grid: Grid, unfused: frozenset[str] = frozenset()) -> list[Node]:
+    """Every node of the tree, parents before children. ``unfused``: grid students whose family ONNX Runtime's
+    optimizer does not know (exported with optimize none only)."""
     teacher = Node("teacher", "teacher", None, {})
     # A depth equal to the teacher's is the teacher itself (include_teacher covers it).
     students = [Node(f"L{n}", "distill", teacher, {"layers": n}) for n in grid.layers if n < teacher_layers]
-    nodes = [teacher, *students]
-    bases = ([teacher] if grid.include_teacher else []) + students
+    # Students of their own (any family, own tokenizer) go on to vocabulary trimming, export and quantization;
+    # pruning is for the layer-dropped ones, which share the teacher's family.
+    own = [Node(name, "distill", teacher, {"student": spec})
+           for spec, name in student_node_names(grid.students).items()]
+    nodes = [teacher, *students, *own]
+    bases = ([teacher] if grid.include_teacher else []) + students + own
     for model in students or [teacher]:       # prune the students; the teacher only when there are none
         for entry in grid.prune:
             ratios = {k: float(v) for k, v in sorted(entry.items()) if v}
@@ -77,8 +96,14 @@ def plan(teacher_layers: int, grid: Grid) -> list[Node]:
                    for base in bases if base.stage != "teacher"]
         nodes.extend(trimmed)
         bases = [base for base in bases if "full" in grid.vocab or base.stage == "teacher"] + trimmed
+    def fusable(base: Node) -> bool:
+        while base.stage != "distill" and base.parent is not None:
+            base = base.parent
+        return base.options.get("student") not in unfused
+
     exports = [Node(f"{base.name}-onnx" + ("" if level == "none" else f"-{level}"), "export", base,
-                    {"optimize": level}) for base in bases for level in grid.optimize]
+                    {"optimize": level}) for base in bases for level in grid.optimize
+               if level == "none" or fusable(base)]
     nodes.extend(exports)
     for export in exports:
         for mode in grid.quantize:
@@ -88,7 +113,10 @@ def plan(teacher_layers: int, grid: Grid) -> list[Node]:
                 continue
             for bits in grid.embedding_bits:
                 if bits == 8:
-                    nodes.append(Node(f"{export.name}-int8-{mode}", "quantize", export, {"mode": mode}))
+                    # weight_only once per weight_bits entry (MatMulNBits 8- or 4-bit), the INT8 modes once.
+                    for weight_bits in (grid.weight_bits if mode == "weight_only" else [8]):
+                        options = {"mode": mode, **({"weight_bits": 4} if weight_bits == 4 else {})}
+                        nodes.append(Node(f"{export.name}-int{weight_bits}-{mode}", "quantize", export, options))
                 elif export.options["optimize"] == "none":   # fused exports hide the table in EmbedLayerNorm
                     nodes.append(Node(f"{export.name}-int8-{mode}-emb4", "quantize", export,
                                       {"mode": mode, "embedding_bits": 4}))
@@ -135,6 +163,7 @@ class Search:
         if node.stage == "quantize":  # calibration rows are drawn from every training row
             return replace(data, max_train_rows=None), QuantizeConfig(
                 mode=node.options["mode"], embedding_bits=node.options.get("embedding_bits", 8),
+                weight_bits=node.options.get("weight_bits", 8),
                 calibration=self.cfg.calibration, seed=t.seed)
         raise ValueError(f"no stage settings for {node.stage!r}")
 
@@ -323,6 +352,15 @@ def grid_for_family(config: dict, grid: Grid) -> tuple[Grid, list[dict]]:
     return replace(grid, optimize=optimize, prune=prune), skipped
 
 
+def students_without_fusion(students: list[str]) -> frozenset[str]:
+    """The grid's students whose family ONNX Runtime's optimizer does not know; one line for an unsupported one."""
+    from slimship.train import families
+    from slimship.train.models import model_config
+
+    return frozenset(spec for spec in students
+                     if not families.family_of(model_config(spec), "compress --students").ort_optimizer)
+
+
 def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: CompressConfig) -> Path:
     """Search the grid, write the report and the chosen ONNX artifact at out/model; returns out."""
     from tqdm.auto import tqdm
@@ -348,7 +386,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     grid, skipped = grid_for_family(json.loads((teacher_dir / "config.json").read_text()), cfg.grid)
     for entry in skipped:
         stage_log(f"skipped {entry['grid']}: {entry['reason']}")
-    nodes = plan(teacher_layers, grid)
+    nodes = plan(teacher_layers, grid, students_without_fusion(grid.students))
     measured_nodes = candidates(nodes, cfg.grid)
     if not measured_nodes:
         raise UserError("the grid yields no ONNX candidate to measure (check layers, prune and include_teacher)")

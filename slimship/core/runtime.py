@@ -87,6 +87,14 @@ def pad_token_of(tokenizer, manifest: dict[str, Any]) -> tuple[str, int]:
     return "[PAD]", 0 if pad_id is None else pad_id
 
 
+def padding_side_of(manifest: dict[str, Any]) -> str:
+    """The side the model was trained to be padded on (export records it; older artifacts: right)."""
+    side = str((manifest.get("tokenizer") or {}).get("padding_side") or "right")
+    if side not in ("right", "left"):
+        raise ArtifactError(f"padding side {side!r} in the manifest is neither right nor left")
+    return side
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -118,8 +126,11 @@ class Classifier:
 
         self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
         self.tokenizer.enable_truncation(max_length=self.max_length)
-        pad_token, pad_id = pad_token_of(self.tokenizer, self.manifest)
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+        # Decoders (GPT-2, Llama, Qwen) classify from the last token that is not the pad id, so padding with
+        # any other id would classify short rows from their padding.
+        pad_token, self.pad_id = pad_token_of(self.tokenizer, self.manifest)
+        self.padding_side = padding_side_of(self.manifest)
+        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=pad_token, direction=self.padding_side)
 
         self.threads = threads or default_threads()
         self._spinning = spinning
@@ -151,8 +162,9 @@ class Classifier:
 
     def encode(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
         """The model's inputs for ``texts`` (or (text, text_pair) tuples for a pair model): token ids and masks,
-        truncated to max_length (pairs longest first, as transformers does), right-padded to the longest.
-        ``run`` takes them; encoding apart lets a batch job tokenize the next chunk while one runs."""
+        truncated to max_length (pairs longest first, as transformers does), padded to the longest on the
+        model's side (right unless its manifest says left). ``run`` takes them; encoding apart lets a batch job
+        tokenize the next chunk while one runs."""
         if not texts:
             return {name: np.zeros((0, 1), dtype=np.int64) for name in self.input_names}
         if isinstance(texts[0], str) == self.text_pairs:
@@ -170,7 +182,7 @@ class Classifier:
         return self.run(self.encode(texts))
 
     def run(self, feeds: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
-        """Logits of encoded (``encode``), right-padded rows, in input order.
+        """Logits of encoded (``encode``) rows, in input order.
 
         ``batch_size``: run at most that many rows at a time, taken in order of length, each batch padded only
         to its own longest row. For many rows encoded at once (batch scoring encodes whole chunks); without it
@@ -183,9 +195,13 @@ class Classifier:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             width = int(lengths[rows].max())
-            batch = {name: np.ascontiguousarray(value[rows, :width]) for name, value in feeds.items()}
+            batch = {name: np.ascontiguousarray(self._columns(value[rows], width)) for name, value in feeds.items()}
             logits[rows] = self._run_batch(batch, lengths[rows])
         return logits
+
+    def _columns(self, value: np.ndarray, width: int) -> np.ndarray:
+        """The ``width`` columns that hold the rows' tokens: the first ones when padded on the right."""
+        return value[:, :width] if self.padding_side == "right" else value[:, value.shape[1] - width:]
 
     def _run_batch(self, feeds: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
         """One batch, run in groups of similar length (``length_groups``) so short texts are not padded to the
@@ -197,13 +213,14 @@ class Classifier:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         if len(lengths) == 1:
             width = int(lengths[0])
-            return self.session.run(["logits"], {name: value[:, :width] for name, value in feeds.items()})[0]
+            return self.session.run(["logits"], {name: self._columns(value, width)
+                                                 for name, value in feeds.items()})[0]
         logits = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
         groups = length_groups(lengths)
 
         def run_group(session, rows):
             width = int(lengths[rows].max())
-            group = {name: np.ascontiguousarray(value[rows, :width]) for name, value in feeds.items()}
+            group = {name: np.ascontiguousarray(self._columns(value[rows], width)) for name, value in feeds.items()}
             logits[rows] = session.run(["logits"], group)[0]
 
         if not self._parallel:

@@ -44,6 +44,9 @@ class FineTuneConfig:
         "evaluate and checkpoint every N steps (0: once per epoch)"))
     max_length: int = field(default=128, metadata=opt("tokens per text; longer texts are truncated"))
     seed: int = field(default=42, metadata=opt("seed of the model's initialisation and the training order"))
+    gradient_checkpointing: bool = field(default=False, metadata=opt(
+        "recompute each block's activations in the backward pass instead of keeping them: less memory for big "
+        "models (decoder LLMs) at about a third more compute"))
     resume: bool = field(default=False, metadata=opt("continue from the last checkpoint of a crashed run"))
     quiet: bool = field(default=False, metadata=opt("no progress bars"))
 
@@ -64,8 +67,9 @@ class FineTuneConfig:
         return asdict(self)
 
     def key(self) -> dict[str, Any]:
-        """The settings that change what training produces (not whether it resumes or shows progress)."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("resume", "quiet")}
+        """The settings that change what training produces (not whether it resumes, shows progress or
+        recomputes activations)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("resume", "quiet", "gradient_checkpointing")}
 
 
 @dataclass
@@ -76,11 +80,18 @@ class TrainConfig(FineTuneConfig):
     # validation accuracy still climbing steeply; with 10 it early-stopped at epoch 9 at 92.8% (issue 14).
     epochs: float = field(default=10.0, metadata=opt("maximum epochs; early stopping usually ends the run sooner"))
     max_steps: int = field(default=-1, metadata=opt("stop after N optimizer steps (overrides --epochs)"))
+    lora_r: int = field(default=0, metadata=opt(
+        "train LoRA adapters of this rank on the family's attention and MLP projections (plus the full "
+        "classification head) instead of every weight; merged into the weights before the artifact is saved. "
+        "0: full fine-tuning"))
+    lora_alpha: float | None = field(default=None, metadata=opt("LoRA scaling alpha (default: 2 x --lora-r)"))
 
     def check(self) -> None:
         super().check()
         if self.epochs <= 0 and self.max_steps <= 0:
             raise UserError("--epochs must be positive (or give --max-steps)")
+        if self.lora_r < 0:
+            raise UserError(f"--lora-r must be 0 (off) or a positive rank, not {self.lora_r}")
 
 
 @dataclass

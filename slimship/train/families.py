@@ -6,7 +6,10 @@ Every stage asks this registry instead of naming module paths itself. A ``Family
 - where the transformer blocks live (``layers_path``) and which config key holds the depth (``depth_key``),
   so distillation can drop layers and the search can read a checkpoint's depth from its config.json;
 - which inputs the model takes (DistilBERT, ModernBERT and MPNet take no ``token_type_ids``);
-- its pad token and padding side (RoBERTa/XLM-R pad with ``<pad>``, id 1, not id 0);
+- its pad token and padding side (RoBERTa/XLM-R pad with ``<pad>``, id 1, not id 0); decoders (GPT-2, Llama,
+  Qwen) without a pad token pad with their EOS, and the model's config.pad_token_id is set to the same id, because
+  they classify from the last token that is not the pad id (``pooling="last"``);
+- which modules LoRA adapts (``lora_targets``);
 - the tokenizer files it may carry beside tokenizer.json (vocab.txt, merges.txt, SentencePiece models);
 - its classification head (modules after the encoder);
 - whether ONNX Runtime's transformer optimizer knows it (the search skips O1-O3 for those it does not);
@@ -45,11 +48,13 @@ class AttentionParts:
 @dataclass(frozen=True)
 class FFNParts:
     """The feed-forward of one block: ``up`` (hidden -> intermediate) and ``down`` (intermediate -> hidden).
-    ``gated`` where ``up`` produces [input; gate] halves (ModernBERT's Wi, GeGLU)."""
+    ``gated`` where ``up`` produces [input; gate] halves (ModernBERT's Wi, GeGLU); ``gate`` where the gate is a
+    Linear of its own (Llama/Qwen's SwiGLU: down(act(gate(x)) * up(x))), cut together with ``up`` and ``down``."""
 
     up: Any
     down: Any
     gated: bool = False
+    gate: Any = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class Family:
     tokenizer_files: tuple[str, ...] = ()   # besides TOKENIZER_FILES
     head: tuple[str, ...] = ("classifier",)  # modules after the encoder (pooler, classifier)
     ort_optimizer: bool = True              # ONNX Runtime's transformer optimizer (O1-O3) supports it
+    pooling: str = "first"                  # "last": the head reads the last token that is not the pad id
+    pad_from_eos: bool = False              # no pad token of its own: pad with EOS (and tell the config)
+    lora_targets: tuple[str, ...] = ()      # module names LoRA adapts (the head is trained fully)
+    per_layer_keys: tuple[str, ...] = ()    # config lists with one entry per block (Qwen's layer_types)
     # Config keys for the pruned shapes.
     hidden_key: str = "hidden_size"
     heads_key: str = "num_attention_heads"
@@ -73,6 +82,10 @@ class Family:
     ffn: Callable[[Any], FFNParts] | None = None
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # room for later per-family facts
+
+    @property
+    def decoder(self) -> bool:
+        return self.pooling == "last"
 
     @property
     def takes_token_type_ids(self) -> bool:
@@ -156,9 +169,18 @@ def _albert_attention(block) -> AttentionParts:
 def _albert_ffn(block) -> FFNParts:
     return FFNParts(up=block.ffn, down=block.ffn_output)
 
+
+def _llama_attention(block) -> AttentionParts:
+    a = block.self_attn
+    return AttentionParts(module=a, query=a.q_proj, key=a.k_proj, value=a.v_proj, output=a.o_proj)
+
+
+def _llama_ffn(block) -> FFNParts:
+    return FFNParts(up=block.mlp.up_proj, down=block.mlp.down_proj, gate=block.mlp.gate_proj)
+
 # --- the registry ----------------------------------------------------------------------------------------------
 
-_BERT_LIKE = dict(attention=_bert_attention, ffn=_bert_ffn)
+_BERT_LIKE = dict(attention=_bert_attention, ffn=_bert_ffn, lora_targets=("query", "key", "value"))
 _ROBERTA_TOKENIZER = ("vocab.json", "merges.txt")
 _NO_TYPES = ("input_ids", "attention_mask")
 
@@ -184,6 +206,21 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("albert", None, tokenizer_files=("spiece.model",), head=("albert.pooler", "classifier"),
            attention=_albert_attention, ffn=_albert_ffn,
            notes="one shared block run num_hidden_layers times: dropping layers only shortens the loop"),
+    # Decoders: causal blocks, so right padding leaves every real token's output as it is alone, and the head
+    # reads the last non-pad token. (Left padding would shift their position ids, which are not derived from
+    # the mask.)
+    Family("gpt2", "transformer.h", depth_key="n_layer", inputs=_NO_TYPES, pad_token="<|endoftext|>",
+           tokenizer_files=_ROBERTA_TOKENIZER, head=("transformer.ln_f", "score"), ort_optimizer=False,
+           hidden_key="n_embd", heads_key="n_head", intermediate_key="n_inner", pooling="last",
+           pad_from_eos=True, lora_targets=("c_attn", "c_proj", "c_fc"),
+           notes="GPT-2; Conv1D projections (not pruned)"),
+    *(Family(name, "model.layers", inputs=_NO_TYPES, pad_token="<|endoftext|>",
+             tokenizer_files=_ROBERTA_TOKENIZER + ("tokenizer.model",), head=("model.norm", "score"),
+             ort_optimizer=False, pooling="last", pad_from_eos=True,
+             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+             attention=_llama_attention, ffn=_llama_ffn, per_layer_keys=("layer_types",), notes=notes)
+      for name, notes in (("llama", "Llama, DeepSeek-R1-Distill-Llama"),
+                          ("qwen2", "Qwen2/2.5, DeepSeek-R1-Distill-Qwen"), ("qwen3", "Qwen3"))),
 )}
 
 
@@ -220,11 +257,31 @@ def prepare_tokenizer(tokenizer, config, operation: str = "train"):
     tokenizer.init_kwargs["model_input_names"] = names
     tokenizer.padding_side = family.padding_side
     tokenizer.init_kwargs["padding_side"] = family.padding_side
+    if tokenizer.pad_token is None and family.pad_from_eos and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.pad_token is None and family.pad_token in tokenizer.get_vocab():
         tokenizer.pad_token = family.pad_token
     if tokenizer.pad_token is None:
         raise UserError(f"{operation}: the {family.name} tokenizer has no pad token (and no {family.pad_token!r})")
     return tokenizer
+
+
+def align_pad_id(model, tokenizer, operation: str = "train") -> None:
+    """Make a last-token family's config.pad_token_id the tokenizer's pad id: its head finds each row's last
+    real token by comparing the ids with config.pad_token_id, so padding with any other id would classify rows
+    from their padding. Encoders pool by position and are left alone."""
+    family = family_of(model.config, operation)
+    if not family.decoder:
+        return
+    pad_id = int(tokenizer.pad_token_id)
+    current = getattr(model.config, "pad_token_id", None)
+    if current != pad_id:
+        if current is not None:
+            from slimship.core.artifact import stage_log
+
+            stage_log(f"{family.name}: the config's pad_token_id {current} becomes the tokenizer's "
+                      f"{tokenizer.pad_token!r} ({pad_id}), which is what pads the batches")
+        model.config.pad_token_id = pad_id
 
 
 def padding_record(tokenizer) -> dict[str, Any]:
@@ -244,6 +301,10 @@ def student_with_layers(teacher, kept: list[int], operation: str = "distill"):
     """
     family = family_of(teacher.config, operation)
     config = copy.deepcopy(teacher.config)
+    for key in family.per_layer_keys:       # each kept block keeps its own entry (sliding or full attention)
+        values = getattr(config, key, None)
+        if isinstance(values, list) and len(values) == family.depth(teacher.config):
+            setattr(config, key, [values[i] for i in kept])
     family.set_depth(config, len(kept))
     student = type(teacher)(config).to(dtype=next(teacher.parameters()).dtype)
     state = teacher.state_dict()
@@ -280,8 +341,10 @@ class Pruning:
     head_attrs: tuple[str, str, str] = ("num_attention_heads", "attention_head_size", "all_head_size")
     # (head count, head size, all heads' width) attributes of AttentionParts.module that its forward reads
     # How the config describes fewer heads: "pruned_heads" (head slots of hidden / head size, the removed ones
-    # listed in config.pruned_heads and cut when the model is built), or "tied" (heads x head size must equal
-    # the hidden size: heads are pruned only together with as much hidden size).
+    # listed in config.pruned_heads and cut when the model is built), "tied" (heads x head size must equal
+    # the hidden size: heads are pruned only together with as much hidden size), or "gqa" (grouped-query
+    # attention with head_dim in the config: num_attention_heads query heads share num_key_value_heads KV
+    # heads in equal groups, so every group loses as many query heads; the KV heads stay).
     head_config: str = "pruned_heads"
     hidden_root: tuple[str, ...] = ("embeddings.word_embeddings",)  # the first present one starts the residual
     optional_projection: bool = False   # the root is a projection the config drops when hidden == embedding size
@@ -299,7 +362,12 @@ _MODERNBERT_TIED = ("its fused Wqkv and rotary embeddings take the head size fro
                     "num_attention_heads; cutting heads or hidden size is not implemented for it")
 _MPNET_HEADS = ("one relative-position bias per head, shared by all layers, is added to every layer's scores, "
                 "so its config cannot describe fewer heads")
+_DECODER_HIDDEN = ("the residual stream runs through RMSNorms, rotary embeddings and the head of every block; "
+                   "cutting it is not implemented for decoders")
+_GQA = Pruning(head_attrs=("num_key_value_groups", "head_dim", ""), head_config="gqa",
+               hidden_root=("embed_tokens",), refused=(("hidden", _DECODER_HIDDEN),))
 PRUNING: dict[str, Pruning] = {
+    "llama": _GQA, "qwen2": _GQA, "qwen3": _GQA,
     "bert": Pruning(side_outputs=("pooler.dense",)),
     "roberta": Pruning(side_outputs=("classifier.dense",)),
     "xlm-roberta": Pruning(side_outputs=("classifier.dense",)),

@@ -143,6 +143,9 @@ def training_arguments(cfg: TrainConfig, work_dir: Path, amp: str, has_eval: boo
         lr_scheduler_type=scheduler,
         lr_scheduler_kwargs=scheduler_kwargs,
         bf16=amp == "bf16",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # Non-reentrant: works when the embeddings are frozen (LoRA) without forcing their outputs to need grads.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         fp16=amp == "fp16",
         eval_strategy=strategy if has_eval else "no",
         save_strategy=strategy,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from slimship.core import artifact
 from slimship.core.artifact import stage_log
+from slimship.core.errors import UserError
 from slimship.core.config import DataConfig
-from slimship.train import recipe
+from slimship.train import families, recipe
 from slimship.train.artifacts import (count_parameters, evaluate_with_thresholds, load_stage_data, save_model_artifact,
                                       task_record, work_dir_for)
 from slimship.train.models import load_classifier, load_tokenizer
@@ -35,6 +36,10 @@ def train(model: str, out: str | Path, data: DataConfig, cfg: TrainConfig, *,
     stage_log(f"task: {loaded.task}" + (" on sentence pairs" if loaded.text_pairs else "")
               + f", {len(loaded.labels)} label(s)")
     net = load_classifier(model, loaded.labels, trust_remote_code=trust_remote_code, seed=cfg.seed, task=loaded.task)
+    families.align_pad_id(net, tokenizer, "train")
+    lora = None
+    if cfg.lora_r:
+        net, lora = with_lora(net, cfg)
     train_split = loaded.splits["train"]
     train_set = TokenizedDataset(tokenizer, train_split.inputs, train_split.labels, cfg.max_length)
     val = loaded.splits.get("validation")
@@ -45,6 +50,8 @@ def train(model: str, out: str | Path, data: DataConfig, cfg: TrainConfig, *,
 
     if recipe.is_main_process():
         net = recipe.trained_model(trainer)
+        if lora is not None:   # export, prune and distill see a plain model of the family
+            net = net.merge_and_unload()
         metrics, thresholds = evaluate_with_thresholds(net, tokenizer, loaded, cfg.max_length, cfg.eval_batch_size)
         config = {"model": model, **data.options(), **cfg.as_dict()}
         with artifact.create(out, "train", format="pytorch", config=config) as art:
@@ -52,7 +59,7 @@ def train(model: str, out: str | Path, data: DataConfig, cfg: TrainConfig, *,
             art.manifest.update(
                 labels=loaded.labels, **task_record(loaded, thresholds), max_length=cfg.max_length,
                 base_model=model, metrics=metrics, amp=amp,
-                early_stopping=outcome, parameters=count_parameters(net),
+                early_stopping=outcome, parameters=count_parameters(net), lora=lora,
                 data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
                       for name, s in loaded.splits.items()},
             )
@@ -60,3 +67,23 @@ def train(model: str, out: str | Path, data: DataConfig, cfg: TrainConfig, *,
         shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is safely written; checkpoints are spent
     recipe.finish_distributed()
     return out
+
+
+def with_lora(net, cfg: TrainConfig):
+    """``net`` wrapped in LoRA adapters of rank ``cfg.lora_r`` on its family's projections (the classification
+    head is trained in full: it starts random), and the record of what was adapted for the manifest."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    family = families.family_of(net.config, "train --lora-r")
+    if not family.lora_targets:
+        raise UserError(f"train --lora-r: LoRA is not supported for the {family.name} family")
+    alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2.0 * cfg.lora_r
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=alpha, lora_dropout=0.05,
+                        target_modules=list(family.lora_targets))
+    total = count_parameters(net)
+    net = get_peft_model(net, config)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    stage_log(f"LoRA rank {cfg.lora_r} (alpha {alpha:g}) on {', '.join(family.lora_targets)}: "
+              f"{trainable:,} of {total:,} parameters trained")
+    return net, {"r": cfg.lora_r, "alpha": alpha, "targets": list(family.lora_targets),
+                 "trainable_parameters": trainable, "merged": True}
