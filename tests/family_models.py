@@ -212,3 +212,37 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+# --- what the per-family chain tests share (tests/test_families.py, tests/test_decoders.py) --------------------
+
+# Mixed lengths, so a batch of them pads: one word up to a long sentence.
+MIXED_TEXTS = ["great", "the plot is thin and the jokes fall flat", "I loved every minute of it, truly a gem",
+               "a tedious, overlong mess that goes on and on about nothing in particular, padding the runtime",
+               "not bad", "Surprisingly moving; the cast is superb and the score lingers long after the credits roll.",
+               "meh"]
+
+
+def chain_data(demo_data):
+    """The small slice of the templated demo data a family chain trains and evaluates on."""
+    from slimship.core.config import DataConfig
+
+    return DataConfig(str(demo_data), max_train_rows=128, max_eval_rows=32)
+
+
+def chain_train_config(**extra):
+    """One short epoch: enough for a tiny model to be a trained artifact, not to be accurate."""
+    from slimship.train.config import TrainConfig
+
+    return TrainConfig(epochs=1, batch_size=32, eval_batch_size=64, learning_rate=1e-3, max_length=48,
+                       patience=1, quiet=True, **extra)
+
+
+def torch_logits_one_by_one(model_dir, texts):
+    """PyTorch logits of each text alone: no padding anywhere, the reference for any batched path."""
+    import numpy as np
+
+    from slimship.train.artifacts import load_pytorch_artifact, predict_logits
+
+    manifest, model, tokenizer = load_pytorch_artifact(model_dir)
+    return np.concatenate([predict_logits(model, tokenizer, [t], manifest["max_length"]) for t in texts])

@@ -13,37 +13,14 @@ import json
 import numpy as np
 import pytest
 
-from family_models import build_tiny
-from slimship.core.config import DataConfig
+from family_models import MIXED_TEXTS as TEXTS, build_tiny, torch_logits_one_by_one
+from family_models import chain_data as data, chain_train_config as train_config
 from slimship.core.errors import UserError
 
 FAST = ("gpt2", "llama", "qwen2")
 PARAMS = [*FAST, pytest.param("qwen3", marks=pytest.mark.slow)]
 LORA_RANK = {"llama": 4}    # one family is fine-tuned through LoRA (merged before saving) with gradient
                             # checkpointing, the rest in full
-
-TEXTS = ["great", "the plot is thin and the jokes fall flat", "I loved every minute of it, truly a gem",
-         "a tedious, overlong mess that goes on and on about nothing in particular, padding the runtime",
-         "not bad", "Surprisingly moving; the cast is superb and the score lingers long after the credits roll.",
-         "meh"]
-
-
-def data(demo_data) -> DataConfig:
-    return DataConfig(str(demo_data), max_train_rows=128, max_eval_rows=32)
-
-
-def train_config(**extra):
-    from slimship.train.config import TrainConfig
-
-    return TrainConfig(epochs=1, batch_size=32, eval_batch_size=64, learning_rate=1e-3, max_length=48,
-                       patience=1, quiet=True, **extra)
-
-
-def torch_logits_one_by_one(model_dir, texts) -> np.ndarray:
-    from slimship.train.artifacts import load_pytorch_artifact, predict_logits
-
-    manifest, model, tokenizer = load_pytorch_artifact(model_dir)
-    return np.concatenate([predict_logits(model, tokenizer, [t], manifest["max_length"]) for t in texts])
 
 
 @pytest.fixture(scope="module")

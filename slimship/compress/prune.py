@@ -477,7 +477,8 @@ def _load_model(path: Path):
 
 def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
     """Prune a PyTorch artifact's model in ``cfg.steps`` steps with recovery, and write a PyTorch artifact."""
-    from slimship.compress.distill import distill_trainer_class, kd_train_set, metric_delta, read_unlabeled, transfer_texts
+    from slimship.compress.distill import (distill_trainer_class, kd_train_set, metric_delta, read_unlabeled,
+                                           transfer_texts)
     from slimship.compress.profile import example_inputs, model_profile, weights_size
     from slimship.train import recipe
     from slimship.train.recipe import TokenizedDataset

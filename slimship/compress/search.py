@@ -141,6 +141,13 @@ class Search:
             self.fingerprints[settings] = data.fingerprint()
         return self.fingerprints[settings]
 
+    def file_digest(self, path: str) -> str:
+        """sha256 of a file the stages read besides the data (--unlabeled), once per search: every node's key
+        includes its parents' keys, so it is asked for many times."""
+        if path not in self.fingerprints:
+            self.fingerprints[path] = artifact.sha256_file(Path(path))
+        return self.fingerprints[path]
+
     def settings(self, node: Node) -> tuple[DataConfig, Any]:
         """The data and the options a node's stage runs with: the run's, the grid's overrides, the node's own."""
         t, grid = self.cfg.train, self.cfg.grid
@@ -182,7 +189,7 @@ class Search:
         # Contents, not paths: the data files' digests, the parent's key (down to the teacher's manifest digest).
         options = {k: v for k, v in asdict(cfg).items() if k not in ("quiet", "resume", "teacher")}
         if options.get("unlabeled"):   # its contents, like the data's
-            options["unlabeled"] = artifact.sha256_file(Path(options["unlabeled"]))
+            options["unlabeled"] = self.file_digest(options["unlabeled"])
         return content_key({"stage": node.stage, "options": node.options, "parent": self.key(node.parent),
                             "data": self.fingerprint(data), "config": options})
 

@@ -314,6 +314,14 @@ class RawExamples:
                            [self.rows[i] for i in order], skipped, source, self.file)
 
 
+def _check_text(path: Path, row_number: int, row: dict[str, Any], column: str) -> str | None:
+    """A row's value of a text column: text or nothing (a number or list there is a DataError naming the row)."""
+    value = row[column]
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{path}: row {row_number}: column {column!r} is not text ({type(value).__name__})")
+    return value
+
+
 def read_examples(path: Path, text_column: str, label_column: str, pair_column: str | None = None) -> RawExamples:
     """All usable rows of one file; rows with an empty text are skipped and counted. A present text with a
     missing pair, or a missing label, is a DataError naming the row."""
@@ -322,9 +330,7 @@ def read_examples(path: Path, text_column: str, label_column: str, pair_column: 
     for row_number, row in iter_rows(path, columns):
         text, label = row[text_column], row[label_column]
         for column in [text_column] + ([pair_column] if pair_column else []):
-            if row[column] is not None and not isinstance(row[column], str):
-                raise DataError(f"{path}: row {row_number}: column {column!r} is not text "
-                                f"({type(row[column]).__name__})")
+            _check_text(path, row_number, row, column)
         if text is None or not text.strip():
             skipped += 1
             continue
@@ -376,9 +382,7 @@ def read_texts(path: str | Path, text_column: str) -> tuple[list[str], int]:
     path = Path(path)
     texts, skipped = [], 0
     for row_number, row in iter_rows(path, [text_column]):
-        text = row[text_column]
-        if text is not None and not isinstance(text, str):
-            raise DataError(f"{path}: row {row_number}: column {text_column!r} is not text ({type(text).__name__})")
+        text = _check_text(path, row_number, row, text_column)
         if text is None or not text.strip():
             skipped += 1
             continue
