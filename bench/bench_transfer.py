@@ -14,6 +14,8 @@ teacher, so the differences are the methods' own:
     aug2-drop     + 2 copies (substitute, drop)              logits
     aug2-hidden   + 2 augmented copies                       logits + hidden-state MSE (weight 1)
     hidden        the labelled rows                          logits + hidden-state MSE
+    attn          the labelled rows                          logits + attention KL (weight 1)
+    hidden-attn   the labelled rows                          logits + hidden-state MSE + attention KL
 
 Early stopping is off (patience 0, best checkpoint kept) so every variant trains for the same epochs. Results
 go to OUT/results.json and a markdown table on stdout (docs/BENCHMARKS.md quotes them).
@@ -37,6 +39,8 @@ VARIANTS = {
     "aug2-drop": dict(augment=2, augment_methods="substitute,drop"),
     "aug2-hidden": dict(augment=2, augment_methods="substitute,mask", hidden_weight=1.0),
     "hidden": dict(augment=0, hidden_weight=1.0),
+    "attn": dict(augment=0, attention_weight=1.0),
+    "hidden-attn": dict(augment=0, hidden_weight=1.0, attention_weight=1.0),
 }
 
 

@@ -144,3 +144,43 @@ def test_unlabeled_file_errors_are_one_line(tiny_teacher, demo_data, tmp_path):
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_attention_kl_is_zero_for_the_same_maps_and_ignores_padded_queries():
+    import torch
+
+    from slimship.compress.distill import attention_kl
+
+    torch.manual_seed(0)
+    teacher = [torch.softmax(torch.randn(2, 4, 5, 5), -1) for _ in range(3)]
+    student = [torch.softmax(torch.randn(2, 4, 5, 5), -1) for _ in range(2)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    layer_map = [(0, 0), (1, 1), (2, 3)]           # the embedding pair has no attention and is skipped
+    assert float(attention_kl(teacher, teacher, [(0, 0), (1, 1), (3, 3)], mask)) == pytest.approx(0.0, abs=1e-6)
+    loss = attention_kl(student, teacher, layer_map, mask)
+    assert float(loss) > 0
+    # padded query rows carry no weight: changing them changes nothing
+    changed = [s.clone() for s in student]
+    changed[0][0, :, 3:] = torch.softmax(torch.randn(4, 2, 5), -1)
+    assert float(attention_kl(changed, teacher, layer_map, mask)) == pytest.approx(float(loss), rel=1e-6)
+    # a pruned student with fewer heads is compared on head-averaged maps
+    pruned = [s[:, :2] for s in student]
+    assert float(attention_kl(pruned, teacher, layer_map, mask)) >= 0
+
+
+def test_distil_and_recover_with_the_attention_loss(tiny_teacher, demo_data, tmp_path):
+    from slimship.compress.distill import distill
+    from slimship.compress.prune import prune
+
+    cfg = DistillConfig(layers=[0], max_steps=4, max_length=32, quiet=True, patience=0, attention_weight=1.0,
+                        hidden_weight=0.5)
+    student = distill(tiny_teacher, tmp_path / "student", DataConfig(str(demo_data), max_train_rows=64), cfg)
+    record = artifact.load(student)["distillation"]
+    assert record["attention_weight"] == 1.0 and record["teacher_logits"] == "online"
+    assert record["layer_map"] == [[0, 0], [1, 1]]
+    pruned = prune(student, tmp_path / "pruned", DataConfig(str(demo_data), max_train_rows=64, max_eval_rows=32),
+                   PruneConfig(heads=0.5, recovery_epochs=1, max_length=32, quiet=True, patience=0,
+                               teacher=str(tiny_teacher), attention_weight=1.0, importance_batches=2))
+    assert artifact.load(pruned)["pruning"]["steps"][0]["recovery"]["steps"] > 0
+    with pytest.raises(UserError, match="attention-weight"):
+        DistillConfig(attention_weight=-1).check()

@@ -82,6 +82,9 @@ class TransferOptions:
     hidden_weight: float = field(default=0.0, metadata=opt(
         "weight of the hidden-state MSE against the teacher over the layer map (0: off; runs the teacher in "
         "every step)"))
+    attention_weight: float = field(default=0.0, metadata=opt(
+        "weight of the KL divergence of attention distributions against the teacher over the layer map (0: off; "
+        "runs the teacher in every step, with eager attention)"))
 
     def check_transfer(self) -> None:
         if not isinstance(self.augment, int) or self.augment < 0:
@@ -91,6 +94,8 @@ class TransferOptions:
             raise UserError(f"--unlabeled {self.unlabeled}: no such file")
         if self.hidden_weight < 0:
             raise UserError(f"--hidden-weight must be 0 or more, not {self.hidden_weight}")
+        if self.attention_weight < 0:
+            raise UserError(f"--attention-weight must be 0 or more, not {self.attention_weight}")
 
 
 @dataclass

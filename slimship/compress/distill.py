@@ -9,13 +9,15 @@ name). It learns from
     alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
 
 plus, with ``hidden_weight`` > 0, the mean squared difference of hidden states over a layer map (student layer i
-matched to the teacher layer it was copied from; TinyBERT/FastFormers style).
+matched to the teacher layer it was copied from; TinyBERT/FastFormers style), and with ``attention_weight`` > 0
+the KL divergence of the mapped layers' attention distributions (TinyBERT/MiniLM style; heads averaged first
+when a pruned student has fewer).
 
 The teacher's logits are computed once before training and carried with each example ("cache"), or computed in
 every training step ("online"). The teacher is frozen and runs without dropout, so both give the same targets;
 caching runs the teacher once in all, in length-sorted inference batches, instead of once per epoch inside the
 training loop -- faster on CPU (measured in bench/bench_compress_torch.py), hence the default. The hidden-state
-loss needs the teacher's hidden states of every batch, so it always runs the teacher online. Cached logits are
+and attention losses need the teacher's activations of every batch, so they always run the teacher online. Cached logits are
 computed in fp32; online, the teacher runs inside the Trainer's autocast (bf16 where AMP is on), so the targets
 agree to bf16 precision.
 
@@ -155,6 +157,32 @@ def hidden_mse(student_states, teacher_states, layer_map, attention_mask):
     return total / len(layer_map)
 
 
+def attention_kl(student_attentions, teacher_attentions, layer_map, attention_mask):
+    """KL(teacher || student) of the attention distributions, per query token over the keys, averaged over heads,
+    real (unpadded) query tokens and the mapped layers (the embedding pair (0, 0) has no attention). Per head
+    when both have the same heads; a pruned student with fewer heads is matched on the head-averaged maps."""
+    mask = attention_mask.float()
+    tokens = mask.sum().clamp(min=1.0)
+    pairs = [(s, t) for s, t in layer_map if s > 0 and t > 0]
+    total = 0.0
+    for s, t in pairs:
+        student, teacher = student_attentions[s - 1].float(), teacher_attentions[t - 1].float()
+        if student.shape[1] != teacher.shape[1]:
+            student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+        kl = (teacher * (teacher.clamp_min(1e-12).log() - student.clamp_min(1e-12).log())).sum(-1)
+        total = total + (kl.mean(1) * mask).sum() / tokens
+    return total / max(1, len(pairs))
+
+
+def want_attentions(model) -> None:
+    """Attention maps come back only from eager attention in newer families; switch where the model allows it
+    (the same maths, slower). Families that pick their attention class at build time fall back by themselves."""
+    try:
+        model.set_attn_implementation("eager")
+    except Exception:  # older or custom families without the switch: checked when the maps come back
+        pass
+
+
 @functools.cache
 def distill_trainer_class():
     """The Trainer subclass to pass to recipe.build_trainer(trainer_class=...) (made lazily: transformers)."""
@@ -164,7 +192,7 @@ def distill_trainer_class():
         """The recipe's Trainer with a distillation loss; evaluation stays plain cross-entropy of the student."""
 
         def __init__(self, *args, teacher=None, temperature: float = 2.0, alpha: float = 0.5,
-                     hidden_weight: float = 0.0, layer_map=None, **kwargs):
+                     hidden_weight: float = 0.0, attention_weight: float = 0.0, layer_map=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.teacher = teacher
             if teacher is not None:
@@ -172,7 +200,10 @@ def distill_trainer_class():
                 for p in self.teacher.parameters():
                     p.requires_grad_(False)
             self.temperature, self.alpha = temperature, alpha
-            self.hidden_weight, self.layer_map = hidden_weight, layer_map
+            self.hidden_weight, self.attention_weight, self.layer_map = hidden_weight, attention_weight, layer_map
+            if attention_weight > 0:
+                want_attentions(self.model)
+                want_attentions(self.teacher)
             self.loss_parts: dict[str, float] = {}
 
         def _set_signature_columns_if_needed(self):
@@ -189,18 +220,27 @@ def distill_trainer_class():
                 return (outputs.loss, outputs) if return_outputs else outputs.loss
             labels = inputs["labels"]
             features = {k: v for k, v in inputs.items() if k != "labels"}
-            want_hidden = self.hidden_weight > 0
-            outputs = model(**features, output_hidden_states=want_hidden)
+            want_hidden, want_attn = self.hidden_weight > 0, self.attention_weight > 0
+            extra = {"output_hidden_states": True} if want_hidden else {}
+            if want_attn:
+                extra["output_attentions"] = True
+            outputs = model(**features, **extra)
             teacher_out = None
-            if cached is None or want_hidden:
+            if cached is None or want_hidden or want_attn:
                 with torch.no_grad():
-                    teacher_out = self.teacher(**features, output_hidden_states=want_hidden)
+                    teacher_out = self.teacher(**features, **extra)
             target = cached if cached is not None else teacher_out.logits
             loss = losses.kd_loss(recipe.task_of_model(model), outputs.logits, target, labels, self.temperature,
                                   self.alpha)
             if want_hidden:
                 loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, teacher_out.hidden_states,
                                                               self.layer_map, features["attention_mask"])
+            if want_attn:
+                if not outputs.attentions or outputs.attentions[0] is None or not teacher_out.attentions:
+                    raise UserError(f"--attention-weight: {type(model).__name__} returns no attention maps; "
+                                    f"use --hidden-weight instead")
+                loss = loss + self.attention_weight * attention_kl(outputs.attentions, teacher_out.attentions,
+                                                                   self.layer_map, features["attention_mask"])
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer
@@ -322,9 +362,9 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         student = load_student(cfg.student, labels, cfg.seed, loaded.task)
         if own_tokenizer is not None:
             families.align_pad_id(student, own_tokenizer, "distill")
-            if cfg.hidden_weight > 0:
-                raise UserError(f"--hidden-weight needs the student to read the teacher's tokens; --student "
-                                f"{cfg.student} has its own tokenizer")
+            if cfg.hidden_weight > 0 or cfg.attention_weight > 0:
+                raise UserError(f"--hidden-weight and --attention-weight need the student to read the teacher's "
+                                f"tokens; --student {cfg.student} has its own tokenizer")
         if own_tokenizer is None and student.config.vocab_size != teacher.config.vocab_size:
             raise UserError(f"--student {cfg.student}: vocabulary of {student.config.vocab_size} tokens, the "
                             f"teacher's has {teacher.config.vocab_size}; they must share the teacher's tokenizer")
@@ -342,8 +382,9 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     if own_tokenizer is not None and mode == "online":
         stage_log(f"--student {cfg.student} has its own tokenizer: the teacher's logits are cached per text")
         mode = "cache"
-    if cfg.hidden_weight > 0 and mode == "cache":
-        stage_log("--hidden-weight > 0 needs the teacher's hidden states of every batch: running it online")
+    if (cfg.hidden_weight > 0 or cfg.attention_weight > 0) and mode == "cache":
+        stage_log("the hidden-state / attention loss needs the teacher's activations of every batch: running it "
+                  "online")
         mode = "online"
     stage_log(f"student: {student_layers} layers ({origin}) from a {teacher_layers}-layer teacher; "
               f"teacher logits {mode}")
@@ -360,7 +401,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     trainer = recipe.build_trainer(
         student, student_tok, train_set, eval_set, cfg, work_dir, labels, amp,
         trainer_class=distill_trainer_class(), teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha,
-        hidden_weight=cfg.hidden_weight, layer_map=layer_map)
+        hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight, layer_map=layer_map)
     outcome = recipe.run(trainer, cfg, work_dir)
 
     if recipe.is_main_process():
@@ -384,8 +425,9 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
                 student={"layers": student_layers, **origin, **student_profile},
                 delta={"validation": delta} if delta else None,
                 distillation={"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight,
-                              "teacher_logits": mode, "teacher_logits_seconds": cache_seconds,
-                              "layer_map": layer_map if cfg.hidden_weight > 0 else None},
+                              "attention_weight": cfg.attention_weight, "teacher_logits": mode,
+                              "teacher_logits_seconds": cache_seconds,
+                              "layer_map": layer_map if cfg.hidden_weight > 0 or cfg.attention_weight > 0 else None},
                 transfer=transfer,
                 data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
                       for name, s in loaded.splits.items()},

@@ -450,10 +450,11 @@ def kd_recovery_options(source: dict, model, teacher, cfg: PruneConfig) -> dict[
     from slimship.compress.distill import hidden_layer_map
     from slimship.train import families
 
-    options = dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, hidden_weight=0.0, layer_map=None)
-    if cfg.hidden_weight <= 0:
+    options = dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, hidden_weight=0.0,
+                   attention_weight=0.0, layer_map=None)
+    if cfg.hidden_weight <= 0 and cfg.attention_weight <= 0:
         return options
-    if cfg.hidden > 0 or model.config.hidden_size != teacher.config.hidden_size:
+    if cfg.hidden_weight > 0 and (cfg.hidden > 0 or model.config.hidden_size != teacher.config.hidden_size):
         raise UserError("--hidden-weight needs the pruned model's hidden size to stay the teacher's: drop --hidden "
                         "or --hidden-weight")
     student_depth = families.family_of(model.config, "prune").depth(model.config)
@@ -461,7 +462,8 @@ def kd_recovery_options(source: dict, model, teacher, cfg: PruneConfig) -> dict[
     kept = (source.get("student") or {}).get("kept_layers")
     if kept is None and student_depth == teacher_depth:
         kept = list(range(teacher_depth))
-    options.update(hidden_weight=cfg.hidden_weight, layer_map=hidden_layer_map(student_depth, teacher_depth, kept))
+    options.update(hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight,
+                   layer_map=hidden_layer_map(student_depth, teacher_depth, kept))
     return options
 
 
@@ -525,7 +527,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
             kd_options = kd_recovery_options(source, model, teacher, cfg)
             extra, transfer = transfer_texts(teacher, tokenizer, train_split.inputs, unlabeled, cfg,
                                              source.get("task"))
-            mode = "online" if kd_options["hidden_weight"] > 0 else "cache"
+            mode = "online" if kd_options["hidden_weight"] > 0 or kd_options["attention_weight"] > 0 else "cache"
             train_set, _ = kd_train_set(teacher, tokenizer, train_split.inputs, train_split.labels, cfg, mode,
                                         extra)
         else:
