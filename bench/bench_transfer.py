@@ -8,6 +8,7 @@ teacher, so the differences are the methods' own:
 
     variant       transfer set                               loss
     base          the labelled rows                          logits (alpha 0.5)
+    base-a1       the labelled rows                          logits only (alpha 1: no label loss)
     base-long     the labelled rows, 3x the epochs           logits: as many steps as aug2 takes
     aug2          + 2 augmented copies (substitute, mask)    logits
     aug4          + 4 augmented copies                       logits
@@ -33,6 +34,7 @@ from pathlib import Path
 
 VARIANTS = {
     "base": dict(augment=0),
+    "base-a1": dict(augment=0, alpha=1.0),
     "base-long": dict(augment=0, epochs_factor=3),
     "aug2": dict(augment=2, augment_methods="substitute,mask"),
     "aug4": dict(augment=4, augment_methods="substitute,mask"),
