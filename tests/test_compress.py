@@ -189,14 +189,16 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
 
 
 def test_default_grid_file_is_the_builtin_grid():
-    from slimship.compress.search import Grid, load_grid, plan
+    from slimship.compress.search import Grid, candidates, load_grid, node_batch_invariant, plan
 
     from conftest import ROOT
 
     assert load_grid(ROOT / "configs" / "grid-default.yaml") == Grid()
-    names = [n.name for n in plan(6, Grid()) if n.stage == "quantize"]
-    # static INT8 only on unfused exports: 3 bases x (O2 dynamic, none dynamic, none static)
+    nodes = plan(6, Grid())
+    names = [n.name for n in candidates(nodes, Grid())]
+    # 3 bases x (FP32 unfused, FP32 O2, static INT8 on the unfused export); nothing batch-dependent
     assert len(names) == 9 and "L3-onnx-O2-int8-static" not in names and "L3-onnx-int8-static" in names
+    assert "L3-onnx-O2" in names and all(node_batch_invariant(n) for n in candidates(nodes, Grid()))
 
 
 def test_grid_can_add_4bit_embedding_candidates_on_unfused_exports():

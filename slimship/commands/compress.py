@@ -15,7 +15,8 @@ The grid (see configs/grid-default.yaml for the default and its keys):
   students: []                          other students (any family, own tokenizer): minilm or checkpoint dirs
   prune: [{}, {heads: 0.5, ffn: 0.5}]   pruning ratios per student ({} = unpruned)
   optimize: [none, O2]                  ONNX Runtime fusion levels
-  quantize: [dynamic, static]           INT8 modes (none = keep FP32)
+  quantize: [none, static]              none = the FP32 export; static/weight_only INT8; dynamic INT8 is
+                                        batch-dependent (chosen only with --allow-batch-dependent)
   embedding_bits: [8]                   add 4 for 4-bit word-embedding candidates (smaller files)
   weight_bits: [8]                      with weight_only in quantize: add 4 for 4-bit MatMul weights
   vocab: [full]                         add train to also try each student with only the training data's tokens

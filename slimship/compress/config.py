@@ -265,7 +265,9 @@ class Grid:
     students: list[str] = field(default_factory=list)
     prune: list[dict] = field(default_factory=lambda: [{}, {"heads": 0.5, "ffn": 0.5}])
     optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
-    quantize: list[str] = field(default_factory=lambda: ["dynamic", "static"])
+    # Batch-invariant modes only: dynamic INT8 changes labels with batch-mates, so by default it could never be
+    # chosen and building it would only cost time (add it with --allow-batch-dependent).
+    quantize: list[str] = field(default_factory=lambda: ["none", "static"])
     embedding_bits: list[int] = field(default_factory=lambda: [8])  # 4: word embeddings in 4 bits (smaller file)
     weight_bits: list[int] = field(default_factory=lambda: [8])  # weight_only's bits; 4: MatMulNBits 4-bit too
     vocab: list[str] = field(default_factory=lambda: ["full"])  # train: also a trimmed-vocabulary variant

@@ -402,6 +402,8 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
                         "candidates (dynamic INT8: a text's label depends on its batch-mates), and only "
                         "batch-invariant ones are chosen by default: add static (or none) to the grid's quantize, "
                         "or pass --allow-batch-dependent (allow_batch_dependent: true)")
+    if cfg.allow_batch_dependent and "dynamic" not in grid.quantize:
+        stage_log("--allow-batch-dependent: the grid has no dynamic INT8 to allow; add dynamic to its quantize")
     out.mkdir(parents=True, exist_ok=True)
     search = Search(teacher_dir, out, data, cfg)
     stage_log(f"compress {teacher_dir}: {len(nodes) - 1} stages, {len(measured_nodes)} candidates, budget "
