@@ -272,24 +272,28 @@ def read_unlabeled(data: DataConfig, cfg) -> list[str]:
     return texts
 
 
+AUTO_AUGMENT = 2      # copies per training text when --augment is left at auto (see TransferOptions)
+
+
 def transfer_texts(teacher, tokenizer, train_texts: list, unlabeled: list[str], cfg,
                    task: str | None = None) -> tuple[list[str], dict]:
     """The texts a student learns from besides the labelled rows: augmented copies of the training texts and the
     unlabeled texts (cfg is a TransferOptions). Returns them and the counts for the manifest."""
     from slimship.compress.augment import augmented_texts
 
-    if (cfg.augment or unlabeled) and (task not in (None, "classification")
-                                       or any(not isinstance(t, str) for t in train_texts)):
+    supported = task in (None, "classification") and all(isinstance(t, str) for t in train_texts)
+    copies = cfg.augment if cfg.augment is not None else (AUTO_AUGMENT if supported else 0)
+    if (copies or unlabeled) and not supported:
         raise UserError("--augment and --unlabeled work for single-text classification only (the teacher's "
                         "argmax labels the extra texts); set --augment 0 and leave out --unlabeled")
     started = time.time()
     augmented: list[str] = []
-    if cfg.augment > 0:
+    if copies > 0:
         embeddings = teacher.get_input_embeddings().weight.detach().float().cpu().numpy()
-        augmented = augmented_texts(train_texts, tokenizer, embeddings, cfg.augment,
-                                    cfg.augment_methods.split(","), seed=cfg.seed)
+        augmented = augmented_texts(train_texts, tokenizer, embeddings, copies, cfg.augment_methods.split(","),
+                                    seed=cfg.seed)
     counts = {"labelled": len(train_texts), "augmented": len(augmented), "unlabeled": len(unlabeled),
-              "augment": cfg.augment, "methods": cfg.augment_methods if cfg.augment else None,
+              "augment": copies, "methods": cfg.augment_methods if copies else None,
               "unlabeled_file": str(cfg.unlabeled) if cfg.unlabeled else None,
               "seconds": round(time.time() - started, 2)}
     if augmented or unlabeled:

@@ -531,7 +531,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
             train_set, _ = kd_train_set(teacher, tokenizer, train_split.inputs, train_split.labels, cfg, mode,
                                         extra)
         else:
-            if cfg.augment or cfg.unlabeled:
+            if cfg.augment or cfg.unlabeled:    # asked for explicitly (auto, None, stays quiet)
                 stage_log("no --teacher: the transfer set (--augment, --unlabeled) needs one to label it; unused")
             train_set = TokenizedDataset(tokenizer, train_split.inputs, train_split.labels, cfg.max_length)
         eval_set = TokenizedDataset(tokenizer, val.inputs, val.labels, cfg.max_length) if val else None
