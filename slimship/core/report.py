@@ -114,7 +114,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append("batch-dependent candidates (dynamic INT8) allowed: a text's label may depend on its "
                          "batch-mates" if budget["allow_batch_dependent"] else
                          "only batch-invariant candidates are chosen (a text's label never depends on its "
-                         "batch-mates); --allow-batch-dependent lets dynamic INT8 in")
+                         "batch-mates); dynamic INT8 in the grid plus --allow-batch-dependent lets it in")
     machine = report.get("machine") or {}
     if machine:
         lines.append(f"measured with {machine.get('threads')} ONNX Runtime threads, INT8 preset "
