@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,11 +24,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_serve import free_port
 
 
 def main() -> int:
@@ -45,9 +40,9 @@ def main() -> int:
     with (args.data / "validation.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     port = free_port()
-    log = open(os.devnull, "w")
     server = subprocess.Popen([sys.executable, "-m", "slimship", "serve", "--model", str(args.model), "--port",
-                               str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300

@@ -90,6 +90,11 @@ class TransferOptions:
         "weight of the KL divergence of attention distributions against the teacher over the layer map (0: off; "
         "runs the teacher in every step, with eager attention)"))
 
+    @property
+    def layer_losses(self) -> bool:
+        """A hidden-state or attention loss is on: the teacher's activations are needed in every step."""
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
     def check_transfer(self) -> None:
         if self.augment is not None and (not isinstance(self.augment, int) or self.augment < 0):
             raise UserError(f"--augment must be a whole number of copies, 0 or more, not {self.augment!r}")

@@ -366,7 +366,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         student = load_student(cfg.student, labels, cfg.seed, loaded.task)
         if own_tokenizer is not None:
             families.align_pad_id(student, own_tokenizer, "distill")
-            if cfg.hidden_weight > 0 or cfg.attention_weight > 0:
+            if cfg.layer_losses:
                 raise UserError(f"--hidden-weight and --attention-weight need the student to read the teacher's "
                                 f"tokens; --student {cfg.student} has its own tokenizer")
         if own_tokenizer is None and student.config.vocab_size != teacher.config.vocab_size:
@@ -386,7 +386,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     if own_tokenizer is not None and mode == "online":
         stage_log(f"--student {cfg.student} has its own tokenizer: the teacher's logits are cached per text")
         mode = "cache"
-    if (cfg.hidden_weight > 0 or cfg.attention_weight > 0) and mode == "cache":
+    if cfg.layer_losses and mode == "cache":
         stage_log("the hidden-state / attention loss needs the teacher's activations of every batch: running it "
                   "online")
         mode = "online"
@@ -431,7 +431,7 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
                 distillation={"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight,
                               "attention_weight": cfg.attention_weight, "teacher_logits": mode,
                               "teacher_logits_seconds": cache_seconds,
-                              "layer_map": layer_map if cfg.hidden_weight > 0 or cfg.attention_weight > 0 else None},
+                              "layer_map": layer_map if cfg.layer_losses else None},
                 transfer=transfer,
                 data={name: {"source": s.source, "rows": len(s), "skipped_empty": s.skipped_empty}
                       for name, s in loaded.splits.items()},

@@ -452,7 +452,7 @@ def kd_recovery_options(source: dict, model, teacher, cfg: PruneConfig) -> dict[
 
     options = dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, hidden_weight=0.0,
                    attention_weight=0.0, layer_map=None)
-    if cfg.hidden_weight <= 0 and cfg.attention_weight <= 0:
+    if not cfg.layer_losses:
         return options
     if cfg.hidden_weight > 0 and (cfg.hidden > 0 or model.config.hidden_size != teacher.config.hidden_size):
         raise UserError("--hidden-weight needs the pruned model's hidden size to stay the teacher's: drop --hidden "
@@ -527,7 +527,7 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
             kd_options = kd_recovery_options(source, model, teacher, cfg)
             extra, transfer = transfer_texts(teacher, tokenizer, train_split.inputs, unlabeled, cfg,
                                              source.get("task"))
-            mode = "online" if kd_options["hidden_weight"] > 0 or kd_options["attention_weight"] > 0 else "cache"
+            mode = "online" if cfg.layer_losses else "cache"
             train_set, _ = kd_train_set(teacher, tokenizer, train_split.inputs, train_split.labels, cfg, mode,
                                         extra)
         else:
