@@ -60,6 +60,27 @@ def test_augmented_copies_are_deterministic_new_and_made_from_training_texts_onl
         augmented_texts(TEXTS, tokenizer, embeddings, copies=1, methods=["shuffle"])
 
 
+def test_pairs_get_both_sides_changed_deterministically():
+    tokenizer, _ = _tokenizer("bert")
+    embeddings = np.random.default_rng(0).normal(size=(len(tokenizer), 16)).astype(np.float32)
+    pairs = [("the movie was good", "and the acting was great"), ("a slow boring film", "great story , bad ending")]
+    first = augmented_texts(pairs, tokenizer, embeddings, copies=2, methods=["mask", "drop"], seed=1)
+    assert first == augmented_texts(pairs, tokenizer, embeddings, copies=2, methods=["mask", "drop"], seed=1)
+    assert first and all(isinstance(p, tuple) and len(p) == 2 for p in first)
+    assert not set(first) & set(pairs)
+    masked = first[0]                                   # copy 0 of the first pair: a span masked on each side
+    assert "[MASK]" in masked[0] and "[MASK]" in masked[1]
+
+
+def test_teacher_targets_take_each_tasks_form():
+    from slimship.compress.distill import teacher_targets
+
+    logits = np.array([[2.0, -1.0, 0.5], [-0.2, 0.1, -3.0]], dtype=np.float32)
+    assert teacher_targets("classification", logits) == [0, 1]
+    assert teacher_targets("multilabel", logits) == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    assert teacher_targets("regression", logits[:, :1]) == pytest.approx([2.0, -0.2])
+
+
 def test_mask_and_drop_keep_a_text_of_words():
     import random
 
@@ -97,6 +118,24 @@ def test_extra_texts_take_the_teachers_label_never_a_copied_one(tiny_teacher, de
     assert [dataset[i]["labels"] for i in range(3, 6)] == expected
     assert [dataset[i]["labels"] for i in range(3)] == [0, 1, 0]
     assert np.allclose(dataset[4]["teacher_logits"], predict_logits(teacher, tokenizer, extra[1:2], 32)[0], atol=1e-5)
+
+
+def test_the_teachers_answers_are_remembered_for_the_same_transfer_set(tiny_teacher, capsys):
+    """Distillation and the pruning recovery after it label the same transfer set: the second stage reuses the
+    first's answers (same teacher, same inputs) and gets exactly the logits it would compute."""
+    from slimship.compress.distill import kd_train_set
+    from slimship.train.artifacts import load_pytorch_artifact
+
+    _, teacher, tokenizer = load_pytorch_artifact(tiny_teacher)
+    cfg = DistillConfig(max_length=32)
+    key = artifact.manifest_digest(tiny_teacher)
+    first, _ = kd_train_set(teacher, tokenizer, TEXTS, [0, 1, 0], cfg, "cache", ["an extra text"], teacher_key=key)
+    capsys.readouterr()
+    again, _ = kd_train_set(teacher, tokenizer, TEXTS, [0, 1, 0], cfg, "cache", ["an extra text"], teacher_key=key)
+    assert "reused" in capsys.readouterr().err
+    assert [again[i]["teacher_logits"] for i in range(4)] == [first[i]["teacher_logits"] for i in range(4)]
+    kd_train_set(teacher, tokenizer, TEXTS, [0, 1, 0], cfg, "cache", ["another text"], teacher_key=key)
+    assert "reused" not in capsys.readouterr().err              # other inputs: computed
 
 
 @pytest.fixture(scope="module")

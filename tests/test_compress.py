@@ -149,6 +149,32 @@ def test_size_budget_picks_the_fastest_small_enough_candidate():
     assert smaller_hint(Grid(embedding_bits=[8, 4], vocab=["full", "train"])) == " (more pruning, fewer layers)"
 
 
+def test_speed_ties_go_to_the_smaller_file():
+    """Candidates within --speed-tie of the fastest's time per row count as equally fast: the smallest file
+    wins, the report says why; 0 means strictly the fastest; a tie never admits a candidate outside the budget."""
+    from slimship.compress.search import CompressConfig, choose
+    from slimship.core.errors import UserError
+    from slimship.core.report import summary_lines
+
+    def row(name, delta, rows_s, mb):
+        return {"name": name, "accuracy": 0.9 + delta / 100, "delta_points": delta, "throughput_rows_s": rows_s,
+                "latency_ms_p50": 1000 / rows_s, "file_mb": mb}
+
+    rows = [row("fp32", -0.2, 365, 69.6), row("int8", 0.0, 337, 23.3), row("int8-slow", 0.0, 300, 20.0),
+            row("tiny-bad", -3.0, 360, 5.0)]
+    chosen = choose(rows, CompressConfig(max_accuracy_drop=1.0))
+    assert chosen["name"] == "int8"                      # 8% slower than fp32; int8-slow is 22% slower
+    assert "fp32 was 8% faster" in chosen["tie_note"] and "23.3 MB against 69.6" in chosen["tie_note"]
+    assert choose(rows, CompressConfig(max_accuracy_drop=1.0, speed_tie=0.0))["name"] == "fp32"
+    assert choose(rows, CompressConfig(max_accuracy_drop=1.0, speed_tie=0.25))["name"] == "int8-slow"
+    lines = summary_lines({"budget": {"max_accuracy_drop_points": 1.0, "objective": "throughput", "speed_tie": 0.1},
+                           "chosen": "int8", "tie_note": chosen["tie_note"]})
+    assert any(line.startswith("why not the fastest: fp32") for line in lines)
+    assert any("within 10% of the fastest tie" in line for line in lines)
+    with pytest.raises(UserError, match="--speed-tie"):
+        CompressConfig(speed_tie=1.5).check()
+
+
 def test_bad_grid_is_refused(tmp_path):
     from slimship.core.errors import UserError
     from slimship.compress.search import load_grid

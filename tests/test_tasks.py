@@ -17,6 +17,7 @@ import pytest
 from slimship.core import artifact
 from slimship.core.config import DataConfig
 from slimship.core.data import DataError, load_data
+from slimship.core.errors import UserError
 from slimship.core.metrics import multilabel_metrics, regression_metrics, sigmoid, task_metrics, tune_thresholds
 from slimship.core.tasks import task_of, takes_pairs, thresholds_of
 from tests.task_data import make_task_data
@@ -291,6 +292,27 @@ def test_multilabel_distils_with_its_thresholds_retuned(multilabel_model, tmp_pa
     student = artifact.load(distill(model, tmp_path / "student", DataConfig(str(data_dir), label_column="labels"), cfg))
     assert student["task"] == "multilabel" and set(student["thresholds"]) == {"food", "music", "sports"}
     assert set(student["delta"]["validation"]) == {"micro_f1", "macro_f1"}
+    assert student["transfer"]["augment"] == 2 and student["transfer"]["augmented"] > 100   # auto: every task
+
+
+def test_regression_pairs_distil_on_augmented_pairs_scored_by_the_teacher(regression_model, tmp_path):
+    from slimship.compress.distill import DistillConfig, distill, kd_train_set, transfer_texts
+    from slimship.train.artifacts import load_pytorch_artifact
+
+    data_dir, model, _ = regression_model
+    _, teacher, tokenizer = load_pytorch_artifact(model)
+    cfg = DistillConfig(max_length=24, augment=1, augment_methods="substitute")
+    inputs = [("a story about the goal", "it was superb"), ("a story about the drum", "it was awful")]
+    extra, counts = transfer_texts(teacher, tokenizer, inputs, [], cfg)
+    assert counts["augmented"] == len(extra) > 0 and all(isinstance(x, tuple) for x in extra)
+    dataset, _ = kd_train_set(teacher, tokenizer, inputs, [4.5, 0.5], cfg, "cache", extra)
+    scores = torch_logits(model, extra)[:, 0]
+    assert [dataset[2 + i]["labels"] for i in range(len(extra))] == pytest.approx(scores.tolist(), abs=1e-4)
+    with pytest.raises(UserError, match="sentence pairs"):
+        transfer_texts(teacher, tokenizer, inputs, ["an unlabeled text"], cfg)
+    cfg = DistillConfig(layers=1, max_steps=4, max_length=24, batch_size=16, quiet=True, patience=0)
+    student = artifact.load(distill(model, tmp_path / "student", DataConfig(str(data_dir)), cfg))
+    assert student["task"] == "regression" and student["transfer"]["augmented"] > 100
 
 
 def test_regression_scores_rerank_and_quantize(regression_model, tmp_path):

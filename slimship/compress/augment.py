@@ -14,10 +14,11 @@ Each copy changes one thing:
                 when the tokenizer has none)                              the evidence
     drop        ~15% of its words left out                                shorter, noisier phrasings
 
-The teacher labels every augmented text (soft targets, computed once; distill.kd_train_set); the original's
-label is never copied, since a substitution can change the meaning. Only training texts are read, so nothing of
-the validation or test splits reaches the student. Texts equal to an original or to an earlier copy are left
-out. Deterministic for a given seed.
+A sentence pair (a (text, text_pair) tuple) gets the copy's method on both of its sides, each with its own
+random draws. The teacher labels every augmented input (soft targets, computed once; distill.kd_train_set); the
+original's label is never copied, since a substitution can change the meaning (or a pair's score). Only training
+inputs are read, so nothing of the validation or test splits reaches the student. Inputs equal to an original or
+to an earlier copy are left out. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -121,37 +122,43 @@ def drop_words(words: list[str], rng: random.Random, rate: float) -> list[str]:
     return kept if kept else [rng.choice(words)]
 
 
-def augmented_texts(texts: list[str], tokenizer, embeddings: np.ndarray, copies: int,
+def augmented_texts(texts: list, tokenizer, embeddings: np.ndarray, copies: int,
                     methods: tuple[str, ...] | list[str] = ("substitute", "mask"), seed: int = 42,
-                    substitute_rate: float = 0.3, drop_rate: float = 0.15, neighbours_k: int = 8) -> list[str]:
-    """``copies`` new texts per training text (fewer where a copy repeats an earlier text), the methods taking
-    turns: copy k of a text uses ``methods[k % len(methods)]``."""
+                    substitute_rate: float = 0.3, drop_rate: float = 0.15, neighbours_k: int = 8) -> list:
+    """``copies`` new inputs per training input (texts, or (text, text_pair) tuples; fewer where a copy repeats
+    an earlier input), the methods taking turns: copy k of an input uses ``methods[k % len(methods)]``."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"augmentation methods must be some of {', '.join(METHODS)}, not {list(methods)}")
     if copies <= 0 or not texts:
         return []
     rng = random.Random(seed)
-    split = [text.split() for text in texts]
+    pairs = isinstance(texts[0], (tuple, list))
+    sides = [tuple(item) if pairs else (item,) for item in texts]
+    split = [tuple(side.split() for side in item) for item in sides]
     vocab = neighbours = None
     if "substitute" in methods:
         vocab = WordVocabulary.of(tokenizer)
-        used = sorted({vocab.id_of(w) for words in split for w in words if WORD.match(w)} - {None})
+        used = sorted({vocab.id_of(w) for item in split for words in item for w in words if WORD.match(w)} - {None})
         neighbours = embedding_neighbours(embeddings, used, sorted(vocab.words), k=neighbours_k) if used else {}
     mask_token = getattr(tokenizer, "mask_token", None)
-    seen = set(texts)
+
+    def changed(words: list[str], method: str) -> str:
+        if not words:
+            return ""
+        if method == "substitute":
+            return " ".join(substitute(words, rng, vocab, neighbours, substitute_rate))
+        if method == "mask":
+            return " ".join(mask_span(words, rng, mask_token))
+        return " ".join(drop_words(words, rng, drop_rate))
+
+    seen = set(sides)
     out = []
-    for words in split:
+    for item in split:
         for k in range(copies):
             method = methods[k % len(methods)]
-            if method == "substitute":
-                new = substitute(words, rng, vocab, neighbours, substitute_rate)
-            elif method == "mask":
-                new = mask_span(words, rng, mask_token)
-            else:
-                new = drop_words(words, rng, drop_rate)
-            text = " ".join(new)
-            if text not in seen:
-                seen.add(text)
-                out.append(text)
+            new = tuple(changed(words, method) for words in item)
+            if new not in seen:
+                seen.add(new)
+                out.append(new if pairs else new[0])
     return out

@@ -70,13 +70,13 @@ class TransferOptions:
     """What a student learns the teacher from besides the labelled training rows (compress/augment.py). Every
     extra text is labelled by the teacher; the counts go in the student's manifest."""
 
-    # Auto (None) means 2 copies for single-text classification: on 5,000 SST-2 rows two copies (substitution and
-    # span masking) took a 3-layer student from -1.83 to +0.92 points of the teacher on validation and from
-    # -2.98 to -0.23 on test (bench/bench_transfer.py, docs/BENCHMARKS.md). Other tasks have no teacher argmax to
-    # label copies with, so auto means off there.
+    # Auto (None) means 2 copies: on 5,000 SST-2 rows two copies (substitution and span masking) took a 3-layer
+    # student from -1.83 to +0.92 points of the teacher on validation and from -2.98 to -0.23 on test
+    # (bench/bench_transfer.py, docs/BENCHMARKS.md). Pairs get both sides changed, and every task's copies take the
+    # teacher's answer as their target (label, labels over 0.5, or score).
     augment: int | None = field(default=None, metadata=opt(
-        "augmented copies of each training text added to the transfer set, labelled by the teacher (default: 2 "
-        "for single-text classification, off for other tasks; 0: off)"))
+        "augmented copies of each training input added to the transfer set, labelled by the teacher (default: "
+        "2; 0: off)"))
     augment_methods: str = field(default="substitute,mask", metadata=opt(
         "how copies are made, taking turns: substitute (words swapped for embedding neighbours), mask (a span "
         "masked), drop (words dropped)", parse=parse_methods))
@@ -348,6 +348,9 @@ class CompressConfig:
         "in the grid are what bring a MiniLM student under about 9 MB"))
     objective: Objective = field(default="throughput", metadata=opt(
         "'fastest' means: most rows/s at batch 32, or lowest batch-1 p50"))
+    speed_tie: float = field(default=0.10, metadata=opt(
+        "candidates within this fraction of the fastest in-budget candidate's time per row count as equally "
+        "fast, and the smallest file among them is chosen (0: strictly the fastest)"))
     grid: Grid = field(default_factory=Grid)
     train: TrainConfig = field(default_factory=TrainConfig)   # base options of the distill / prune stages
     threads: int | None = field(default=None, metadata=opt(
@@ -367,6 +370,8 @@ class CompressConfig:
             raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop must be 0 or more (points of the main metric)")
+        if not 0 <= self.speed_tie < 1:
+            raise UserError(f"--speed-tie must be a fraction in [0, 1), not {self.speed_tie!r}")
         if self.max_model_mb is not None and not self.max_model_mb > 0:
             raise UserError(f"--max-model-mb must be a positive number of MB, not {self.max_model_mb!r}")
         if self.threads is not None and self.threads < 1:

@@ -525,11 +525,10 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
         recovery_cfg = cfg.recovery_config()
         if teacher is not None:  # the teacher labels the transfer set once for every step's recovery
             kd_options = kd_recovery_options(source, model, teacher, cfg)
-            extra, transfer = transfer_texts(teacher, tokenizer, train_split.inputs, unlabeled, cfg,
-                                             source.get("task"))
+            extra, transfer = transfer_texts(teacher, tokenizer, train_split.inputs, unlabeled, cfg)
             mode = "online" if cfg.layer_losses else "cache"
             train_set, _ = kd_train_set(teacher, tokenizer, train_split.inputs, train_split.labels, cfg, mode,
-                                        extra)
+                                        extra, teacher_key=artifact.manifest_digest(teacher_dir))
         else:
             if cfg.augment or cfg.unlabeled:    # asked for explicitly (auto, None, stays quiet)
                 stage_log("no --teacher: the transfer set (--augment, --unlabeled) needs one to label it; unused")

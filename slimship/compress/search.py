@@ -472,6 +472,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
         "metric": metric, "teacher_metric": teacher_metrics["metric"], "reference": reference,
         **({"teacher_accuracy": teacher_metrics["accuracy"]} if "accuracy" in teacher_metrics else {}),
         "budget": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "objective": cfg.objective,
+                   "speed_tie": cfg.speed_tie,
                    **({"max_model_mb": cfg.max_model_mb} if cfg.max_model_mb else {}),
                    "allow_batch_dependent": cfg.allow_batch_dependent},
         "machine": {"threads": cfg.threads, "preset": cpu_preset()},
@@ -479,6 +480,8 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     }
     if chosen is not None:
         report["chosen_batch_invariant"] = chosen.get("batch_invariant", True)
+        if chosen.get("tie_note"):
+            report["tie_note"] = chosen["tie_note"]
     if chosen is None:
         if cfg.max_model_mb:
             report["message"] = (f"no candidate is within {cfg.max_accuracy_drop:g} {metric_label(metric)} points of "
@@ -539,7 +542,19 @@ def choose(rows: list[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any] | 
         if not r.get("batch_invariant", True) and not cfg.allow_batch_dependent:
             r["excluded"] = "batch-dependent"    # in budget or not, never chosen without --allow-batch-dependent
     inside = [r for r in measured if r["within_budget"] and not r.get("excluded")]
-    best = min(inside, key=lambda r: (r["cost"], -metric_of(r))) if inside else None
+    if not inside:
+        best = None
+    else:
+        # Speeds a few percent apart are within this machine's timing noise (batch-32 passes spread by about
+        # 10%), while file sizes differ by 3x between an FP32 export and its INT8 twin: among the candidates
+        # as fast as the fastest up to speed_tie, the smallest file wins.
+        fastest = min(inside, key=lambda r: (r["cost"], -metric_of(r)))
+        ties = [r for r in inside if r["cost"] <= fastest["cost"] * (1 + cfg.speed_tie)]
+        best = min(ties, key=lambda r: (r["file_mb"], r["cost"], -metric_of(r)))
+        if best is not fastest:
+            best["tie_note"] = (f"{fastest['name']} was {best['cost'] / fastest['cost'] - 1:.0%} "
+                                f"faster, within the {cfg.speed_tie:.0%} speed tie, and {best['name']} is the smaller "
+                                f"file ({best['file_mb']:.1f} MB against {fastest['file_mb']:.1f})")
     for r in rows:
         r["chosen"] = r is best
     return best

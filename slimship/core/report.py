@@ -109,7 +109,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         size = f" and at most {budget['max_model_mb']:g} MB" if budget.get("max_model_mb") else ""
         base = "the teacher" if not reference or reference.get("is_teacher") else "the reference"
         lines.append(f"budget: at most {budget.get('max_accuracy_drop_points'):g} {name} points below {base}{size}; "
-                     f"objective: {budget.get('objective')}")
+                     f"objective: {budget.get('objective')}"
+                     + (f" (speeds within {budget['speed_tie']:.0%} of the fastest tie; the smallest file wins)"
+                        if budget.get("speed_tie") else ""))
         if "allow_batch_dependent" in budget:
             lines.append("batch-dependent candidates (dynamic INT8) allowed: a text's label may depend on its "
                          "batch-mates" if budget["allow_batch_dependent"] else
@@ -121,6 +123,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{machine.get('preset')}")
     if report.get("chosen"):
         lines.append(f"chosen: {report['chosen']}" + (f" -> {report['model']}" if report.get("model") else ""))
+        if report.get("tie_note"):
+            lines.append(f"why not the fastest: {report['tie_note']}")
         if report.get("chosen_batch_invariant") is False:
             lines.append("WARNING: the chosen model is batch-dependent (dynamic INT8): the same text can get "
                          "another label or score in another batch (allowed by --allow-batch-dependent)")
