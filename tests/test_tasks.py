@@ -295,6 +295,17 @@ def test_multilabel_distils_with_its_thresholds_retuned(multilabel_model, tmp_pa
     assert student["transfer"]["augment"] == 2 and student["transfer"]["augmented"] > 100   # auto: every task
 
 
+def test_compress_refuses_unlabeled_single_texts_for_a_pair_teacher(pair_model, tmp_path):
+    from slimship.compress.search import CompressConfig, compress
+
+    data_dir, model, _ = pair_model
+    more = tmp_path / "more.csv"
+    more.write_text("text\nsome unlabeled text\n")
+    with pytest.raises(UserError, match="reads sentence pairs"):
+        compress(model, tmp_path / "c", DataConfig(str(data_dir)), CompressConfig(unlabeled=str(more)))
+    assert not (tmp_path / "c").exists()
+
+
 def test_regression_pairs_distil_on_augmented_pairs_scored_by_the_teacher(regression_model, tmp_path):
     from slimship.compress.distill import DistillConfig, distill, kd_train_set, transfer_texts
     from slimship.train.artifacts import load_pytorch_artifact

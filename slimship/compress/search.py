@@ -29,7 +29,7 @@ from typing import Any
 from slimship.core.errors import UserError
 from slimship.core.metrics import headline, main_value, metric_label, task_metrics
 from slimship.core.report import metric_of
-from slimship.core.tasks import main_metric, task_of, thresholds_of
+from slimship.core.tasks import main_metric, takes_pairs, task_of, thresholds_of
 from slimship.compress.export import task_fields
 from slimship.core import artifact
 from slimship.core.artifact import ArtifactError, stage_log
@@ -380,6 +380,9 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     cfg.check()
     teacher_dir, out = Path(teacher_dir).absolute(), Path(out)
     teacher = artifact.load(teacher_dir, format="pytorch")
+    if cfg.unlabeled and takes_pairs(teacher):
+        raise UserError(f"--unlabeled {cfg.unlabeled}: it adds single texts, and this teacher reads sentence pairs; "
+                        "leave it out (the students still learn from augmented copies of the training pairs)")
     cfg.threads = cfg.threads or default_threads()
     t = cfg.train
     split = load_configured(data, teacher, splits=("validation",), sample_train=False).splits.get("validation")
