@@ -81,6 +81,29 @@ def test_teacher_targets_take_each_tasks_form():
     assert teacher_targets("regression", logits[:, :1]) == pytest.approx([2.0, -0.2])
 
 
+def test_auto_augmentation_stops_above_ten_thousand_rows():
+    """Auto means 2 copies for a few thousand rows and none for large sets (where it would triple the students'
+    training time); an explicit --augment is always taken."""
+    from slimship.compress.distill import AUTO_AUGMENT_MAX_ROWS, transfer_texts
+
+    rows = ["some training text"] * (AUTO_AUGMENT_MAX_ROWS + 1)
+    extra, counts = transfer_texts(None, None, rows, [], DistillConfig())
+    assert extra == [] and counts["augment"] == 0
+    tokenizer, _ = _tokenizer("bert")
+
+    class Teacher:
+        def get_input_embeddings(self):
+            import torch
+
+            return torch.nn.Embedding(len(tokenizer), 8)
+
+    extra, counts = transfer_texts(Teacher(), tokenizer, TEXTS, [], DistillConfig())
+    assert counts["augment"] == 2 and len(extra) > 0
+    extra, counts = transfer_texts(Teacher(), tokenizer, rows[:50] + TEXTS, [], DistillConfig(augment=1,
+                                                                                               augment_methods="mask"))
+    assert counts["augment"] == 1
+
+
 def test_mask_and_drop_keep_a_text_of_words():
     import random
 

@@ -70,13 +70,14 @@ class TransferOptions:
     """What a student learns the teacher from besides the labelled training rows (compress/augment.py). Every
     extra text is labelled by the teacher; the counts go in the student's manifest."""
 
-    # Auto (None) means 2 copies: on 5,000 SST-2 rows two copies (substitution and span masking) took a 3-layer
+    # Auto (None) means 2 copies up to 10,000 training rows, none above (distill.AUTO_AUGMENT_MAX_ROWS): on 5,000
+    # SST-2 rows two copies (substitution and span masking) took a 3-layer
     # student from -1.83 to +0.92 points of the teacher on validation and from -2.98 to -0.23 on test
     # (bench/bench_transfer.py, docs/BENCHMARKS.md). Pairs get both sides changed, and every task's copies take the
     # teacher's answer as their target (label, labels over 0.5, or score).
     augment: int | None = field(default=None, metadata=opt(
         "augmented copies of each training input added to the transfer set, labelled by the teacher (default: "
-        "2; 0: off)"))
+        "2 up to 10,000 training rows, none above; 0: off)"))
     augment_methods: str = field(default="substitute,mask", metadata=opt(
         "how copies are made, taking turns: substitute (words swapped for embedding neighbours), mask (a span "
         "masked), drop (words dropped)", parse=parse_methods))
