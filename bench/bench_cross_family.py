@@ -9,8 +9,9 @@ Only the MiniLM checkpoint exists offline, so the other-family student starts at
 texts only. It learns from the teacher's soft targets per text (`slimship distill --student DIR`: the teacher
 reads its WordPiece tokens, the student its BPE tokens), on the default transfer set (the labelled rows and 2
 augmented copies each) plus --unlabeled text when given. Both students are exported to ONNX and measured the same
-way: validation and test accuracy, file size, batch-32 throughput (slimship's runtime, 2 threads, rows taking
-turns, median of 3 passes). Results go to OUT/results.json and a markdown table on stdout.
+way: validation and test accuracy, file size, batch-32 throughput (slimship's runtime, 2 threads,
+bench_headline.py's protocol: the models take turns, median of --repeats passes). Results go to
+OUT/results.json and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -18,14 +19,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import time
 from pathlib import Path
 
-
-def train_texts(data: Path) -> list[str]:
-    with open(data / "train.csv", newline="", encoding="utf-8") as f:
-        return [row["text"] for row in csv.DictReader(f)]
+from bench_headline import timed_side_by_side
 
 
 def build_student(out: Path, texts: list[str], labels: list[str], vocab_size: int = 8000, seed: int = 0) -> Path:
@@ -61,27 +58,19 @@ def split_rows(data: Path, name: str) -> tuple[list[str], list[str]]:
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
-def measure(onnx_dir: Path, data: Path, threads: int, repeats: int = 3) -> dict:
+def measured_row(name: str, onnx_dir: Path, data: Path, threads: int) -> dict:
+    """Accuracy per split and size of an ONNX student, and its logits function for the side-by-side timing."""
     from slimship.compress.export import onnx_file_mb
     from slimship.core.runtime import Classifier
 
     clf = Classifier(onnx_dir, threads=threads)
-    result = {"file_mb": onnx_file_mb(onnx_dir / "model.onnx")}
-    for name in ("validation", "test"):
-        if (data / f"{name}.csv").is_file():
-            texts, truth = split_rows(data, name)
+    row = {"name": name, "file_mb": onnx_file_mb(onnx_dir / "model.onnx"), "logits": clf.logits}
+    for split in ("validation", "test"):
+        if (data / f"{split}.csv").is_file():
+            texts, truth = split_rows(data, split)
             predicted = [r["label"] for r in clf.predict(texts)]
-            result[f"{name}_accuracy"] = sum(p == str(t) for p, t in zip(predicted, truth)) / len(truth)
-    texts = split_rows(data, "validation")[0][:512]
-    clf.logits(texts[:32])
-    passes = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(texts), 32):
-            clf.logits(texts[i:i + 32])
-        passes.append(len(texts) / (time.perf_counter() - start))
-    result["rows_s"] = statistics.median(passes)
-    return result
+            row[f"{split}_accuracy"] = sum(p == str(t) for p, t in zip(predicted, truth)) / len(truth)
+    return row
 
 
 def main() -> int:
@@ -101,27 +90,30 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=5e-4,
                         help="a student from random weights needs a larger rate than one copied from the teacher")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per model, the models taking turns")
     args = parser.parse_args()
     out, data = Path(args.out), Path(args.data)
     labels = artifact.load(args.teacher)["labels"]
 
     started = time.time()
-    student_dir = build_student(out / "roberta-init", train_texts(data), labels)
+    student_dir = build_student(out / "roberta-init", split_rows(data, "train")[0], labels)
     cfg = DistillConfig(student=str(student_dir), epochs=args.epochs, learning_rate=args.learning_rate,
                         unlabeled=args.unlabeled, quiet=True, patience=0)
     cross = out / "roberta-student"
     if not (cross / "manifest.json").is_file():
         distill(args.teacher, cross, DataConfig(str(data)), cfg)
     distill_seconds = round(time.time() - started, 1)
-    rows = {}
+    rows = []
     for name, model in (("same family: MiniLM, 3 of the teacher's layers", Path(args.same)),
                         ("other family: RoBERTa 4x256 from random, own BPE tokenizer", cross)):
         onnx = out / f"{model.name}-onnx"
         if not (onnx / "manifest.json").is_file():
             export(model, onnx, DataConfig(str(data)), ExportConfig())
         manifest = artifact.load(model)
-        rows[name] = {"model": str(model), "parameters": manifest.get("parameters"),
-                      "transfer": manifest.get("transfer"), **measure(onnx, data, args.threads)}
+        rows.append({"model": str(model), "parameters": manifest.get("parameters"),
+                     "transfer": manifest.get("transfer"), **measured_row(name, onnx, data, args.threads)})
+    timed_side_by_side(rows, split_rows(data, "validation")[0][:512], latency_rows=50, repeats=args.repeats)
+    rows = {r.pop("name"): {k: v for k, v in r.items() if k not in ("logits", "passes")} for r in rows}
     teacher_metrics = artifact.load(args.teacher)["metrics"]
     result = {"teacher": {k: (teacher_metrics.get(k) or {}).get("accuracy") for k in ("validation", "test")},
               "rows": rows, "cross_distill_seconds": distill_seconds, "epochs": args.epochs,
@@ -133,7 +125,7 @@ def main() -> int:
     print("| student | parameters | validation | test | MB | rows/s @32 |\n|---|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['parameters']:,} | {r['validation_accuracy']:.2%} | "
-              f"{r.get('test_accuracy', float('nan')):.2%} | {r['file_mb']:.1f} | {r['rows_s']:.0f} |")
+              f"{r.get('test_accuracy', float('nan')):.2%} | {r['file_mb']:.1f} | {r['throughput_rows_s']:.0f} |")
     return 0
 
 
