@@ -65,6 +65,14 @@ def parse_methods(text: str) -> str:
     return ",".join(items)
 
 
+def check_unlabeled_fits(unlabeled, pairs: bool) -> None:
+    """--unlabeled (a file, or its texts) adds single texts; a model that reads sentence pairs cannot learn from
+    them."""
+    if unlabeled and pairs:
+        raise UserError("--unlabeled adds single texts, and this model reads sentence pairs; leave it out (the "
+                        "students still learn from augmented copies of the training pairs)")
+
+
 @dataclass
 class TransferOptions:
     """What a student learns the teacher from besides the labelled training rows (compress/augment.py). Every

@@ -38,6 +38,7 @@ from slimship.core import artifact
 from slimship.core.artifact import stage_log
 from slimship.train import recipe
 from slimship.compress import losses
+from slimship.compress.config import check_unlabeled_fits
 from slimship.compress.config import TEACHER_LOGITS, DistillConfig  # noqa: F401 (the stage's options)
 from slimship.core.config import DataConfig
 from slimship.core.metrics import headline, main_metric_of, main_value, metric_label, shown
@@ -285,10 +286,7 @@ def transfer_texts(teacher, tokenizer, train_texts: list, unlabeled: list[str], 
     counts for the manifest."""
     from slimship.compress.augment import augmented_texts
 
-    pairs = any(not isinstance(t, str) for t in train_texts)
-    if unlabeled and pairs:
-        raise UserError("--unlabeled adds single texts, and this model reads sentence pairs; leave it out (the "
-                        "augmented copies of the training pairs are still used)")
+    check_unlabeled_fits(unlabeled, any(not isinstance(t, str) for t in train_texts))
     copies = cfg.augment
     if copies is None:
         copies = AUTO_AUGMENT if len(train_texts) <= AUTO_AUGMENT_MAX_ROWS else 0

@@ -34,7 +34,7 @@ from slimship.compress.export import task_fields
 from slimship.core import artifact
 from slimship.core.artifact import ArtifactError, stage_log
 from slimship.compress.config import (DistillConfig, ExportConfig, PruneConfig, QuantizeConfig, VocabConfig,
-                                      CompressConfig, Grid, grid_from_dict, load_grid)  # noqa: F401 (re-exported)
+                                      CompressConfig, Grid, check_unlabeled_fits, grid_from_dict, load_grid)  # noqa: F401 (re-exported)
 from slimship.core.config import DataConfig, content_key
 
 class BudgetNotMet(UserError):
@@ -380,9 +380,7 @@ def compress(teacher_dir: str | Path, out: str | Path, data: DataConfig, cfg: Co
     cfg.check()
     teacher_dir, out = Path(teacher_dir).absolute(), Path(out)
     teacher = artifact.load(teacher_dir, format="pytorch")
-    if cfg.unlabeled and takes_pairs(teacher):
-        raise UserError(f"--unlabeled {cfg.unlabeled}: it adds single texts, and this teacher reads sentence pairs; "
-                        "leave it out (the students still learn from augmented copies of the training pairs)")
+    check_unlabeled_fits(cfg.unlabeled, takes_pairs(teacher))   # before any student trains, not in a branch
     cfg.threads = cfg.threads or default_threads()
     t = cfg.train
     split = load_configured(data, teacher, splits=("validation",), sample_train=False).splits.get("validation")
