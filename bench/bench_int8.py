@@ -44,6 +44,12 @@ OPTIONS = {
     "static-default": dict(mode="static", defaults=True),    # what `slimship quantize --mode static` does
     "weight8": dict(mode="weight_only"),
     "weight8-int8compute": dict(mode="weight_only", accuracy_level=4),
+    # The default before 2026-12-04: MatMul + Gather, each second FFN MatMul kept FP32 (the default now gives
+    # it 8-bit weights and float input: static_defaults).
+    "static-ffnout-fp32": dict(mode="static", op_types=["MatMul", "Gather"], exclude="ffn_out"),
+    # + 4-bit word embeddings, a scale per block of 32 or 128 values of a row
+    "static-default-emb4": dict(mode="static", defaults=True, embedding_bits=4),
+    "static-default-emb4-b128": dict(mode="static", defaults=True, embedding_bits=4, embedding_block=128),
 }
 
 
@@ -78,6 +84,11 @@ def ffn_output_matmuls(model_file: Path) -> list[str]:
             if n.op_type == "MatMul" and "/output/dense/" in n.name and "attention" not in n.name]
 
 
+def prepared(step, source: Path, target: Path, *args) -> Path:
+    step(source, target, *args)
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="unfused FP32 ONNX artifact")
@@ -97,13 +108,16 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from slimship.compress.quantize import (TokenizedRows, _input_names, cpu_preset, preset_settings,
-                                            quiet_root_logger, static_defaults, write_int8)
+                                            quantize_word_embeddings, quiet_root_logger, static_defaults,
+                                            write_int8)
     from slimship.core import artifact
     from slimship.core.data import load_data
 
     model_dir = Path(args.model)
     manifest = artifact.load(model_dir, format="onnx")
-    data = load_data(args.data, labels=manifest["labels"], splits=("train", "validation"))
+    has_test = any(Path(args.data).glob("test.*"))
+    data = load_data(args.data, labels=manifest["labels"],
+                     splits=("train", "validation", "test") if has_test else ("train", "validation"))
     texts = data.splits["validation"].texts[:args.rows]
     labels = np.array(data.splits["validation"].labels[:args.rows])
     rng = np.random.default_rng(args.seed)
@@ -124,9 +138,13 @@ def main() -> None:
         source = src
         if spec.pop("exclude", None) == "ffn_out":
             spec["nodes_to_exclude"] = ffn_output_matmuls(src)
+        (work / f"{name}-pre").mkdir()
+        block = spec.pop("embedding_block", 32)
+        if spec.pop("embedding_bits", 8) == 4:
+            source = prepared(quantize_word_embeddings, source, work / f"{name}-pre" / "emb4.onnx", block)
         if spec.pop("defaults", False):
-            (work / "defaults").mkdir(exist_ok=True)
-            source, defaults = static_defaults(src, work / "defaults")
+            source, defaults = static_defaults(source, work / f"{name}-pre", preset)
+            defaults.pop("weight_only_8bit")
             spec.update(defaults)
         target = work / f"{name}.onnx"
         settings = preset_settings(preset, mode == "static", spec.get("per_channel", False))
@@ -169,6 +187,11 @@ def main() -> None:
             "agreement_with_fp32_b1": None, "file_mb": round(models[name].stat().st_size / 1e6, 2),
             "build_s": build_s.get(name), "_b1_labels": b1.argmax(-1),
         }
+        if has_test:
+            test = data.splits["test"]
+            results[name]["test_accuracy_b32"] = float((probabilities(
+                session, tokenizer, test.texts, input_names, manifest["max_length"], 32).argmax(-1)
+                == np.array(test.labels)).mean())
         print(f"measured {name}: {results[name]['accuracy_b32'] * 100:.2f}%", flush=True)
     for name in results:
         results[name]["agreement_with_fp32_b1"] = float(
@@ -194,13 +217,14 @@ def main() -> None:
 
     fp32_acc = results["fp32"]["accuracy_b32"]
     header = f"{'option':<38} {'acc b32':>8} {'Δ pt':>6} {'flips b1/b32':>12} {'b32/shuf':>8} " \
-             f"{'max|dp|':>8} {'rows/s':>7} {'x fp32':>6} {'MB':>6}"
+             f"{'max|dp|':>8} {'rows/s':>7} {'x fp32':>6} {'MB':>6} {'test':>6}"
     print(header)
     for name, r in results.items():
         print(f"{name:<38} {r['accuracy_b32'] * 100:8.2f} {(r['accuracy_b32'] - fp32_acc) * 100:+6.2f} "
               f"{r['b1_vs_b32']['flips']:12d} {r['b32_vs_shuffled']['flips']:8d} "
               f"{max(r['b1_vs_b32']['max_abs_dp'], r['b32_vs_shuffled']['max_abs_dp']):8.1e} "
-              f"{r['throughput_rows_s_b32']:7.0f} {r['speedup_vs_fp32']:6.2f} {r['file_mb']:6.1f}")
+              f"{r['throughput_rows_s_b32']:7.0f} {r['speedup_vs_fp32']:6.2f} {r['file_mb']:6.1f} "
+              f"{r.get('test_accuracy_b32', float('nan')) * 100:6.2f}")
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     record = {"model": str(model_dir), "data": args.data, "validation_rows": len(texts),

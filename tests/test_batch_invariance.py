@@ -27,6 +27,7 @@ layers: []
 prune: [{}]
 optimize: [none]
 quantize: [dynamic, static]
+embedding_bits: [8]
 include_teacher: true
 """
 FAST = ["--max-length", "64", "--quiet", "--amp", "off", "--latency-rows", "10", "--throughput-rows", "64",
@@ -249,6 +250,6 @@ def test_grid_of_only_dynamic_is_refused_in_python_too(tiny_teacher, tmp_path):
     from slimship.compress.search import compress
     from slimship.core.config import DataConfig
 
-    grid = Grid(layers=[], prune=[{}], optimize=["none"], quantize=["dynamic"])
+    grid = Grid(layers=[], prune=[{}], optimize=["none"], quantize=["dynamic"], embedding_bits=[8])
     with pytest.raises(UserError, match="allow-batch-dependent"):
         compress(tiny_teacher, tmp_path / "c", DataConfig(str(DEMO_DATA)), CompressConfig(grid=grid))

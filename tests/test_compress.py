@@ -17,6 +17,7 @@ layers: [1]
 prune: [{}, {heads: 0.5, ffn: 0.5}]
 optimize: [none]
 quantize: [dynamic]
+embedding_bits: [8]
 include_teacher: true
 distill: {learning_rate: 1.0e-3}
 prune_options: {recovery_epochs: 1, learning_rate: 1.0e-3}
@@ -28,6 +29,7 @@ include_teacher: false
 prune: [{heads: 0.75, ffn: 0.9, hidden: 0.5}, {heads: 0.99}]   # the second leaves no head: that branch fails
 optimize: [none]
 quantize: [dynamic]
+embedding_bits: [8]
 prune_options: {recovery_epochs: 0, importance: magnitude}
 """
 # These grids are dynamic INT8 only (the quickest to build): the search may choose it only when allowed.
@@ -145,7 +147,8 @@ def test_size_budget_picks_the_fastest_small_enough_candidate():
         CompressConfig(max_model_mb=0).check()
     from slimship.compress.search import Grid, smaller_hint
 
-    assert smaller_hint(Grid()) == " (embedding_bits: [8, 4], vocab: [full, train])"
+    assert smaller_hint(Grid()) == " (vocab: [full, train])"
+    assert smaller_hint(Grid(embedding_bits=[8])) == " (embedding_bits: [8, 4], vocab: [full, train])"
     assert smaller_hint(Grid(embedding_bits=[8, 4], vocab=["full", "train"])) == " (more pruning, fewer layers)"
 
 
@@ -198,7 +201,7 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
     data = DataConfig(str(sst2_dir), max_train_rows=1600, max_eval_rows=200)
     teacher = train("minilm", tmp_path / "teacher", data,
                     TrainConfig(epochs=2, max_length=64, quiet=True, patience=0, learning_rate=1e-4))
-    grid = Grid(layers=[3], prune=[{}], optimize=["none"], quantize=["none", "dynamic"],
+    grid = Grid(layers=[3], prune=[{}], optimize=["none"], quantize=["none", "dynamic"], embedding_bits=[8],
                 distill={"learning_rate": 1e-4})
     cfg = CompressConfig(max_accuracy_drop=1.0, grid=grid, latency_rows=30, throughput_rows=128,
                          allow_batch_dependent=True,
@@ -222,9 +225,9 @@ def test_default_grid_file_is_the_builtin_grid():
     assert load_grid(ROOT / "configs" / "grid-default.yaml") == Grid()
     nodes = plan(6, Grid())
     names = [n.name for n in candidates(nodes, Grid())]
-    # 3 bases x (FP32 unfused, FP32 O2, static INT8 on the unfused export); nothing batch-dependent
-    assert len(names) == 9 and "L3-onnx-O2-int8-static" not in names and "L3-onnx-int8-static" in names
-    assert "L3-onnx-O2" in names and all(node_batch_invariant(n) for n in candidates(nodes, Grid()))
+    # 3 bases x (FP32 unfused, static INT8, static INT8 with 4-bit word embeddings); nothing batch-dependent
+    assert len(names) == 9 and "L3-onnx-int8-static" in names and "L3-onnx-int8-static-emb4" in names
+    assert not any("O2" in n for n in names) and all(node_batch_invariant(n) for n in candidates(nodes, Grid()))
 
 
 def test_grid_can_add_4bit_embedding_candidates_on_unfused_exports():

@@ -48,6 +48,7 @@ compress:
     prune: [{}]
     optimize: [none]
     quantize: [dynamic]
+    embedding_bits: [8]
     include_teacher: false
     distill: {epochs: 1, learning_rate: 1.0e-3}
 """

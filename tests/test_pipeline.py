@@ -32,6 +32,7 @@ compress:
     prune: [{{}}]
     optimize: [none]
     quantize: [static]           # batch-invariant: the service answers as `slimship score` does
+    embedding_bits: [8]
     include_teacher: false
     distill: {{epochs: 1, learning_rate: 1.0e-3}}
 """

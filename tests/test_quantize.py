@@ -119,7 +119,11 @@ def test_batch_invariant_modes_answer_each_text_alike_in_any_batch(tiny_onnx, tm
     q = artifact.load(out)["quantization"]
     assert q["mode"] == mode and q["batch_invariant"] is True and batch_invariant("dynamic") is False
     if mode == "static":
-        assert q["operators"] == ["MatMul", "Gather"] and len(q["kept_fp32"]) == 2   # the tiny model's 2 FFNs
+        # The tiny model's 2 FFN output projections: 8-bit weights with float inputs, outside the static pass.
+        assert q["operators"] == ["MatMul", "Gather"] and len(q["ffn_output_8bit_weight_only"]) == 2
+        import onnx
+        ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+        assert ops.count("MatMulNBits") == 2 and "QuantizeLinear" in ops
     clf = Classifier(out, threads=2)
     texts = _validation_texts()[:64]
     alone = softmax(np.concatenate([clf.logits([t]) for t in texts]))

@@ -433,7 +433,7 @@ def test_compress_searches_on_pearson_points_and_prune_recovers_regression(regre
         heads=0.5, ffn=0.5, recovery_epochs=0.4, max_length=24, learning_rate=5e-3, quiet=True, amp="off")))
     assert pruned["task"] == "regression" and set(pruned["validation_trace"]["before"]) == {"pearson", "spearman"}
     grid = Grid(layers=[1], prune=[{}], optimize=["none"], quantize=["dynamic"], include_teacher=True,
-                distill={"learning_rate": 5e-3})
+                embedding_bits=[8], distill={"learning_rate": 5e-3})
     cfg = CompressConfig(max_accuracy_drop=100.0, grid=grid, allow_batch_dependent=True, latency_rows=10,
                          throughput_rows=32, threads=1,
                          train=TrainConfig(epochs=0.4, max_length=24, batch_size=16, quiet=True, amp="off"))

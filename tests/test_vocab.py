@@ -189,7 +189,7 @@ def test_compress_builds_and_measures_a_vocab_candidate(tiny_teacher, tmp_path):
     from slimship.train.recipe import TrainConfig
 
     grid = Grid(layers=[], include_teacher=False, prune=[{"ffn": 0.5}], optimize=["none"], quantize=["dynamic"],
-                vocab=["train"], prune_options={"recovery_epochs": 0, "importance": "magnitude"},
+                embedding_bits=[8], vocab=["train"], prune_options={"recovery_epochs": 0, "importance": "magnitude"},
                 vocab_options={"min_count": 2})
     cfg = CompressConfig(max_accuracy_drop=100.0, grid=grid, latency_rows=5, throughput_rows=32,
                          allow_batch_dependent=True, train=TrainConfig(max_length=64, quiet=True, amp="off"))

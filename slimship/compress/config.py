@@ -282,11 +282,16 @@ class Grid:
     # checkpoint dirs of any supported family, each trained on its own tokenizer (a decoder teacher into MiniLM).
     students: list[str] = field(default_factory=list)
     prune: list[dict] = field(default_factory=lambda: [{}, {"heads": 0.5, "ffn": 0.5}])
-    optimize: list[str] = field(default_factory=lambda: ["none", "O2"])
+    # Unfused only: ONNX Runtime applies its own graph fusions when it loads a model, and the offline O2 export
+    # was no faster in 8 of 9 measured pairs (up to 14% slower; docs/BENCHMARKS.md) while costing an export each.
+    optimize: list[str] = field(default_factory=lambda: ["none"])
     # Batch-invariant modes only: dynamic INT8 changes labels with batch-mates, so by default it could never be
     # chosen and building it would only cost time (add it with --allow-batch-dependent).
     quantize: list[str] = field(default_factory=lambda: ["none", "static"])
-    embedding_bits: list[int] = field(default_factory=lambda: [8])  # 4: word embeddings in 4 bits (smaller file)
+    # 4: also each static INT8 candidate with its word embeddings in 4 bits (blocks of 128): the 3-layer SST-2
+    # student 18.2 -> 12.8 MB at no measured accuracy cost over three calibration samples (docs/BENCHMARKS.md);
+    # a speed tie then goes to the smaller file, and the budget decides as for every candidate.
+    embedding_bits: list[int] = field(default_factory=lambda: [8, 4])
     weight_bits: list[int] = field(default_factory=lambda: [8])  # weight_only's bits; 4: MatMulNBits 4-bit too
     vocab: list[str] = field(default_factory=lambda: ["full"])  # train: also a trimmed-vocabulary variant
     include_teacher: bool = True        # the teacher itself (exported, quantized) is a candidate too
