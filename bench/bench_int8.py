@@ -44,12 +44,13 @@ OPTIONS = {
     "static-default": dict(mode="static", defaults=True),    # what `slimship quantize --mode static` does
     "weight8": dict(mode="weight_only"),
     "weight8-int8compute": dict(mode="weight_only", accuracy_level=4),
-    # The default before 2026-12-04: MatMul + Gather, each second FFN MatMul kept FP32 (the default now gives
-    # it 8-bit weights and float input: static_defaults).
-    "static-ffnout-fp32": dict(mode="static", op_types=["MatMul", "Gather"], exclude="ffn_out"),
-    # + 4-bit word embeddings, a scale per block of 32 or 128 values of a row
+    # The static default's small variants: each FFN output projection in 8-bit weights with int8 products per row
+    # (ffn_output weight8), word embeddings in 4 bits (blocks of 32 or 128), or both (the search's -emb4-ffn8).
+    "static-default-ffn8": dict(mode="static", defaults=True, ffn_output="weight8"),
     "static-default-emb4": dict(mode="static", defaults=True, embedding_bits=4),
     "static-default-emb4-b128": dict(mode="static", defaults=True, embedding_bits=4, embedding_block=128),
+    "static-default-emb4-ffn8": dict(mode="static", defaults=True, embedding_bits=4, embedding_block=128,
+                                     ffn_output="weight8"),
 }
 
 
@@ -143,7 +144,7 @@ def main() -> None:
         if spec.pop("embedding_bits", 8) == 4:
             source = prepared(quantize_word_embeddings, source, work / f"{name}-pre" / "emb4.onnx", block)
         if spec.pop("defaults", False):
-            source, defaults = static_defaults(source, work / f"{name}-pre", preset)
+            source, defaults = static_defaults(source, work / f"{name}-pre", preset, spec.pop("ffn_output", "fp32"))
             defaults.pop("weight_only_8bit")
             spec.update(defaults)
         target = work / f"{name}.onnx"

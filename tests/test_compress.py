@@ -218,7 +218,8 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
 
 
 def test_default_grid_file_is_the_builtin_grid():
-    from slimship.compress.search import Grid, candidates, load_grid, node_batch_invariant, plan
+    from slimship.compress.search import Grid, candidates, grid_from_dict, load_grid, node_batch_invariant, plan
+    from slimship.core.errors import UserError
 
     from conftest import ROOT
 
@@ -227,6 +228,12 @@ def test_default_grid_file_is_the_builtin_grid():
     names = [n.name for n in candidates(nodes, Grid())]
     # 3 bases x (FP32 unfused, static INT8, static INT8 with 4-bit word embeddings); nothing batch-dependent
     assert len(names) == 9 and "L3-onnx-int8-static" in names and "L3-onnx-int8-static-emb4" in names
+    # ffn_output weight8: every static candidate also with 8-bit FFN output weights
+    small = {n.name: n.options for n in plan(6, Grid(ffn_output=["fp32", "weight8"])) if n.stage == "quantize"}
+    assert len(small) == 12 and small["L3-onnx-int8-static-emb4-ffn8"] == \
+        {"mode": "static", "embedding_bits": 4, "ffn_output": "weight8"}
+    with pytest.raises(UserError, match="ffn_output entries"):
+        grid_from_dict({"ffn_output": ["int4"]})
     assert not any("O2" in n for n in names) and all(node_batch_invariant(n) for n in candidates(nodes, Grid()))
 
 

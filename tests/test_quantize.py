@@ -106,24 +106,31 @@ def test_embedding_bits_cli_and_refusals(tiny_onnx, tmp_path):
         quantize(tiny_onnx, tmp_path / "b", None, QuantizeConfig(embedding_bits=2))
     with pytest.raises(UserError, match="power of two"):
         quantize(tiny_onnx, tmp_path / "s", None, QuantizeConfig(embedding_bits=4, embedding_block_size=100))
+    with pytest.raises(UserError, match="--ffn-output weight8 applies to --mode static, not dynamic"):
+        quantize(tiny_onnx, tmp_path / "f", None, QuantizeConfig(mode="dynamic", ffn_output="weight8"))
 
 
-@pytest.mark.parametrize("mode", ["static", "weight_only"])
-def test_batch_invariant_modes_answer_each_text_alike_in_any_batch(tiny_onnx, tmp_path, mode):
-    """Static QDQ (fixed scales) and weight-only (float activations) give a text the same label and score alone
-    and among 31 others; the manifest says so. Dynamic INT8 is recorded as batch-dependent."""
+@pytest.mark.parametrize("mode,ffn_output", [("static", "fp32"), ("static", "weight8"), ("weight_only", "fp32")])
+def test_batch_invariant_modes_answer_each_text_alike_in_any_batch(tiny_onnx, tmp_path, mode, ffn_output):
+    """Static QDQ (fixed scales), with the FFN output projections in FP32 or in 8-bit weights with int8 products
+    per row, and weight-only (float activations) give a text the same label and score alone and among 31 others;
+    the manifest says so. Dynamic INT8 is recorded as batch-dependent."""
+    import onnx
+
     from slimship.compress.quantize import QuantizeConfig, batch_invariant, quantize
     from slimship.core.runtime import Classifier, softmax
 
-    out = quantize(tiny_onnx, tmp_path / mode, DataConfig(str(DEMO_DATA)), QuantizeConfig(mode=mode, calibration=32))
+    out = quantize(tiny_onnx, tmp_path / f"{mode}-{ffn_output}", DataConfig(str(DEMO_DATA)),
+                   QuantizeConfig(mode=mode, calibration=32, ffn_output=ffn_output))
     q = artifact.load(out)["quantization"]
     assert q["mode"] == mode and q["batch_invariant"] is True and batch_invariant("dynamic") is False
     if mode == "static":
-        # The tiny model's 2 FFN output projections: 8-bit weights with float inputs, outside the static pass.
-        assert q["operators"] == ["MatMul", "Gather"] and len(q["ffn_output_8bit_weight_only"]) == 2
-        import onnx
+        # The tiny model's 2 FFN output projections: kept FP32 (excluded from the static pass) or MatMulNBits.
         ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
-        assert ops.count("MatMulNBits") == 2 and "QuantizeLinear" in ops
+        assert q["operators"] == ["MatMul", "Gather"] and q["ffn_output"] == ffn_output and "QuantizeLinear" in ops
+        fp32 = ffn_output == "fp32"
+        assert (len(q["kept_fp32"]), len(q["weight_only_8bit"]), ops.count("MatMulNBits")) == \
+            ((2, 0, 0) if fp32 else (0, 2, 2))
     clf = Classifier(out, threads=2)
     texts = _validation_texts()[:64]
     alone = softmax(np.concatenate([clf.logits([t]) for t in texts]))

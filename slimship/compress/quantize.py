@@ -64,7 +64,7 @@ def activation_fed_matmuls(model) -> list[str]:
     """MatMuls whose input is an FFN activation's output (GELU and kin): the FFN's second projection.
 
     Its input has the widest range in a transformer (a long GELU tail), so one fixed INT8 scale for it costs
-    the most accuracy; static INT8 gives these 8-bit weights and float inputs instead (static_defaults). Found
+    the most accuracy; static INT8 keeps these FP32 or gives them 8-bit weights (static_defaults). Found
     by structure (the activation a few Mul/Add/Div steps up), not by the exporter's node names. Unnamed ones are
     named so they can be excluded."""
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -245,26 +245,33 @@ def quantize_word_embeddings(src_model: Path, target: Path, block_size: int) -> 
             "embedding_shape": [int(rows), int(width)]}
 
 
-def static_defaults(model_file: Path, work_dir: Path, preset: str) -> tuple[Path, dict[str, Any]]:
+def static_defaults(model_file: Path, work_dir: Path, preset: str, ffn_output: str = "fp32"
+                    ) -> tuple[Path, dict[str, Any]]:
     """The model to quantize statically and write_int8's ``op_types`` / ``nodes_to_exclude`` for it.
 
-    Each FFN's second MatMul (``activation_fed_matmuls``) first becomes an 8-bit weight-only ``MatMulNBits``: its
-    input keeps float precision (no fixed scale for the GELU tail) while its weight shrinks 4x, so it is no longer
-    a MatMul the static pass would touch. Measured on the 3-layer SST-2 student (docs/BENCHMARKS.md): the same
-    labels as keeping these FP32, the same speed, 23.3 -> 18.2 MB."""
+    Each FFN's second MatMul (``activation_fed_matmuls``) stays FP32 (``ffn_output="fp32"``), or first becomes an
+    8-bit weight-only ``MatMulNBits`` with int8 products over per-row activation blocks (``"weight8"``): its input
+    still gets no fixed scale, each row its own, while its weight shrinks 4x; it is then no MatMul the static pass
+    touches. Measured on the 3-layer SST-2 student (docs/BENCHMARKS.md): the same accuracy either way, 23.3 ->
+    18.2 MB, 12-18% slower at batch 32 (with float products, accuracy_level 0, batch 1 took twice as long)."""
     import onnx
 
     model = onnx.load(str(model_file))
+    before = [n.name for n in model.graph.node]
     ffn_outputs = activation_fed_matmuls(model)
-    if not ffn_outputs:
-        return model_file, {"op_types": list(STATIC_OP_TYPES), "nodes_to_exclude": [], "weight_only_8bit": []}
+    options = {"op_types": list(STATIC_OP_TYPES), "nodes_to_exclude": ffn_outputs, "weight_only_8bit": []}
+    if ffn_output == "fp32" or not ffn_outputs:
+        if [n.name for n in model.graph.node] != before:
+            model_file = work_dir / "model-named.onnx"
+            onnx.save(model, str(model_file))
+        return model_file, options
     named = work_dir / "model-named.onnx"
     onnx.save(model, str(named))
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(ffn_outputs)]
     target = work_dir / "model-ffn-output-8bit.onnx"
     write_int8(named, target, "weight_only", preset_settings(preset, False, False), work_dir=work_dir,
-               nodes_to_exclude=others, weight_bits=8)
-    return target, {"op_types": list(STATIC_OP_TYPES), "nodes_to_exclude": [], "weight_only_8bit": ffn_outputs}
+               nodes_to_exclude=others, weight_bits=8, accuracy_level=4)
+    return target, {**options, "nodes_to_exclude": [], "weight_only_8bit": ffn_outputs}
 
 
 def write_int8(src_model: Path, target: Path, mode: str, settings: dict[str, Any], *, per_channel: bool = False,
@@ -340,7 +347,8 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
     stage_log(f"quantize {onnx_dir}: {kind}, preset {preset}"
               + (f", {cfg.method} calibration on {cfg.calibration} rows" if cfg.mode == "static" else "")
               + (f", word embeddings 4-bit (blocks of {cfg.embedding_block_size})" if cfg.embedding_bits == 4
-                 else ""))
+                 else "")
+              + (", FFN output projections in 8-bit weights" if cfg.ffn_output == "weight8" else ""))
 
     validation = _validation(data, source)
     before_logits = artifact_logits(onnx_dir, validation[0]) if validation else None
@@ -358,7 +366,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
             if cfg.mode == "static":
                 texts = _calibration_texts(data, cfg, source)
                 reader = TokenizedRows(onnx_dir, texts, source["max_length"], _input_names(src_model))
-                int8_input, static_options = static_defaults(int8_input, Path(tmp), preset)
+                int8_input, static_options = static_defaults(int8_input, Path(tmp), preset, cfg.ffn_output)
             write_int8(int8_input, target, cfg.mode, settings, per_channel=cfg.per_channel, method=cfg.method,
                        reader=reader, work_dir=Path(tmp), weight_bits=cfg.weight_bits,
                        op_types=static_options.get("op_types"),
@@ -386,7 +394,8 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
         if cfg.mode == "static":
             quantization.update(calibration_rows=cfg.calibration, method=cfg.method,
                                 operators=static_options["op_types"],
-                                ffn_output_8bit_weight_only=static_options["weight_only_8bit"])
+                                kept_fp32=static_options["nodes_to_exclude"], ffn_output=cfg.ffn_output,
+                                weight_only_8bit=static_options["weight_only_8bit"])
         if validation:
             write_provisional_manifest(art)
             after_logits = artifact_logits(art.dir, validation[0])

@@ -112,14 +112,16 @@ def plan(teacher_layers: int, grid: Grid, unfused: frozenset[str] = frozenset())
             if mode == "none":
                 continue
             for bits in grid.embedding_bits:
-                if bits == 8:
-                    # weight_only once per weight_bits entry (MatMulNBits 8- or 4-bit), the INT8 modes once.
-                    for weight_bits in (grid.weight_bits if mode == "weight_only" else [8]):
-                        options = {"mode": mode, **({"weight_bits": 4} if weight_bits == 4 else {})}
-                        nodes.append(Node(f"{export.name}-int{weight_bits}-{mode}", "quantize", export, options))
-                elif export.options["optimize"] == "none":   # fused exports hide the table in EmbedLayerNorm
-                    nodes.append(Node(f"{export.name}-int8-{mode}-emb4", "quantize", export,
-                                      {"mode": mode, "embedding_bits": 4}))
+                if bits == 4 and export.options["optimize"] != "none":
+                    continue          # fused exports hide the table in EmbedLayerNorm
+                emb = {"embedding_bits": 4} if bits == 4 else {}
+                # weight_only once per weight_bits entry (MatMulNBits 8- or 4-bit); static once per ffn_output.
+                for weight_bits in (grid.weight_bits if mode == "weight_only" and bits == 8 else [8]):
+                    for ffn in (grid.ffn_output if mode == "static" else ["fp32"]):
+                        options = {"mode": mode, **({"weight_bits": 4} if weight_bits == 4 else {}), **emb,
+                                   **({"ffn_output": ffn} if ffn != "fp32" else {})}
+                        nodes.append(Node(f"{export.name}-int{weight_bits}-{mode}" + ("-emb4" if emb else "")
+                                          + ("-ffn8" if ffn != "fp32" else ""), "quantize", export, options))
     return nodes
 
 
@@ -171,6 +173,7 @@ class Search:
             return replace(data, max_train_rows=None), QuantizeConfig(
                 mode=node.options["mode"], embedding_bits=node.options.get("embedding_bits", 8),
                 weight_bits=node.options.get("weight_bits", 8),
+                ffn_output=node.options.get("ffn_output", "fp32"),
                 calibration=self.cfg.calibration, seed=t.seed)
         raise ValueError(f"no stage settings for {node.stage!r}")
 
