@@ -248,7 +248,7 @@ class QuantizeConfig:
     ffn_output: FfnOutput = field(default="fp32", metadata=opt(
         "static: each FFN's second MatMul (input: the GELU's long tail) kept FP32, the fastest; or weight8: its "
         "weights in 8 bits, int8 products per row (batch-invariant), 4x smaller (MiniLM 3-layer: -5 MB) and "
-        "12-18%% slower on avx2"))
+        "10-18%% slower on avx2"))
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -303,7 +303,7 @@ class Grid:
     # (docs/BENCHMARKS.md); the speed tie then goes to the smaller file, and the budget decides as for any.
     embedding_bits: list[int] = field(default_factory=lambda: [8, 4])
     # weight8: also each static candidate with its FFN output projections in 8-bit weights (QuantizeConfig
-    # ffn_output): -5 MB more for MiniLM 3-layer, but 12-18% slower on avx2, so not in the default grid.
+    # ffn_output): -5 MB more for MiniLM 3-layer, but 10-18% slower on avx2, so not in the default grid.
     ffn_output: list[str] = field(default_factory=lambda: ["fp32"])
     weight_bits: list[int] = field(default_factory=lambda: [8])  # weight_only's bits; 4: MatMulNBits 4-bit too
     vocab: list[str] = field(default_factory=lambda: ["full"])  # train: also a trimmed-vocabulary variant

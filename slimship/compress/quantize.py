@@ -253,7 +253,7 @@ def static_defaults(model_file: Path, work_dir: Path, preset: str, ffn_output: s
     8-bit weight-only ``MatMulNBits`` with int8 products over per-row activation blocks (``"weight8"``): its input
     still gets no fixed scale, each row its own, while its weight shrinks 4x; it is then no MatMul the static pass
     touches. Measured on the 3-layer SST-2 student (docs/BENCHMARKS.md): the same accuracy either way, 23.3 ->
-    18.2 MB, 12-18% slower at batch 32 (with float products, accuracy_level 0, batch 1 took twice as long)."""
+    18.2 MB, 10-18% slower at batch 32 (with float products, accuracy_level 0, batch 1 took twice as long)."""
     import onnx
 
     model = onnx.load(str(model_file))
