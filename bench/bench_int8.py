@@ -78,16 +78,13 @@ def probabilities(session, tokenizer, texts, input_names, max_length, batch, ord
 
 
 def ffn_output_matmuls(model_file: Path) -> list[str]:
-    """The second FFN MatMul of every layer (input: the GELU output, the widest-ranged activation in BERT)."""
+    """The second FFN MatMul of every layer (input: the GELU output, the widest-ranged activation in BERT), found
+    by structure as the quantize stage finds it."""
     import onnx
 
-    return [n.name for n in onnx.load(str(model_file), load_external_data=False).graph.node
-            if n.op_type == "MatMul" and "/output/dense/" in n.name and "attention" not in n.name]
+    from slimship.compress.quantize import activation_fed_matmuls
 
-
-def prepared(step, source: Path, target: Path, *args) -> Path:
-    step(source, target, *args)
-    return target
+    return activation_fed_matmuls(onnx.load(str(model_file), load_external_data=False))
 
 
 def main() -> None:
@@ -142,10 +139,10 @@ def main() -> None:
         (work / f"{name}-pre").mkdir()
         block = spec.pop("embedding_block", 32)
         if spec.pop("embedding_bits", 8) == 4:
-            source = prepared(quantize_word_embeddings, source, work / f"{name}-pre" / "emb4.onnx", block)
+            quantize_word_embeddings(source, work / f"{name}-pre" / "emb4.onnx", block)
+            source = work / f"{name}-pre" / "emb4.onnx"
         if spec.pop("defaults", False):
-            source, defaults = static_defaults(source, work / f"{name}-pre", preset, spec.pop("ffn_output", "fp32"))
-            defaults.pop("weight_only_8bit")
+            source, defaults, _ = static_defaults(source, work / f"{name}-pre", preset, spec.pop("ffn_output", "fp32"))
             spec.update(defaults)
         target = work / f"{name}.onnx"
         settings = preset_settings(preset, mode == "static", spec.get("per_channel", False))

@@ -38,8 +38,7 @@ from slimship.core import artifact
 from slimship.core.artifact import stage_log
 from slimship.train import recipe
 from slimship.compress import losses
-from slimship.compress.config import check_unlabeled_fits
-from slimship.compress.config import TEACHER_LOGITS, DistillConfig  # noqa: F401 (the stage's options)
+from slimship.compress.config import TEACHER_LOGITS, DistillConfig, check_unlabeled_fits  # noqa: F401 (the stage's options)
 from slimship.core.config import DataConfig
 from slimship.core.metrics import headline, main_metric_of, main_value, metric_label, shown
 from slimship.core.tasks import CLASSIFICATION, MULTILABEL, PROBLEM_TYPE, REGRESSION

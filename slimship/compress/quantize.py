@@ -246,8 +246,9 @@ def quantize_word_embeddings(src_model: Path, target: Path, block_size: int) -> 
 
 
 def static_defaults(model_file: Path, work_dir: Path, preset: str, ffn_output: str = "fp32"
-                    ) -> tuple[Path, dict[str, Any]]:
-    """The model to quantize statically and write_int8's ``op_types`` / ``nodes_to_exclude`` for it.
+                    ) -> tuple[Path, dict[str, Any], list[str]]:
+    """The model to quantize statically, write_int8's ``op_types`` / ``nodes_to_exclude`` for it, and the MatMuls
+    given 8-bit weights before the static pass.
 
     Each FFN's second MatMul (``activation_fed_matmuls``) stays FP32 (``ffn_output="fp32"``), or first becomes an
     8-bit weight-only ``MatMulNBits`` with int8 products over per-row activation blocks (``"weight8"``): its input
@@ -259,19 +260,16 @@ def static_defaults(model_file: Path, work_dir: Path, preset: str, ffn_output: s
     model = onnx.load(str(model_file))
     before = [n.name for n in model.graph.node]
     ffn_outputs = activation_fed_matmuls(model)
-    options = {"op_types": list(STATIC_OP_TYPES), "nodes_to_exclude": ffn_outputs, "weight_only_8bit": []}
+    if [n.name for n in model.graph.node] != before or (ffn_output == "weight8" and ffn_outputs):
+        model_file = work_dir / "model-named.onnx"
+        onnx.save(model, str(model_file))
     if ffn_output == "fp32" or not ffn_outputs:
-        if [n.name for n in model.graph.node] != before:
-            model_file = work_dir / "model-named.onnx"
-            onnx.save(model, str(model_file))
-        return model_file, options
-    named = work_dir / "model-named.onnx"
-    onnx.save(model, str(named))
+        return model_file, {"op_types": list(STATIC_OP_TYPES), "nodes_to_exclude": ffn_outputs}, []
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(ffn_outputs)]
     target = work_dir / "model-ffn-output-8bit.onnx"
-    write_int8(named, target, "weight_only", preset_settings(preset, False, False), work_dir=work_dir,
+    write_int8(model_file, target, "weight_only", preset_settings(preset, False, False), work_dir=work_dir,
                nodes_to_exclude=others, weight_bits=8, accuracy_level=4)
-    return target, {**options, "nodes_to_exclude": [], "weight_only_8bit": ffn_outputs}
+    return target, {"op_types": list(STATIC_OP_TYPES), "nodes_to_exclude": []}, ffn_outputs
 
 
 def write_int8(src_model: Path, target: Path, mode: str, settings: dict[str, Any], *, per_channel: bool = False,
@@ -362,15 +360,14 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
             if cfg.embedding_bits == 4:
                 int8_input = Path(tmp) / "model-embeddings-4bit.onnx"
                 embeddings = quantize_word_embeddings(src_model, int8_input, cfg.embedding_block_size)
-            reader, static_options = None, {}
+            reader, static_options, weight_only_8bit = None, {}, []
             if cfg.mode == "static":
                 texts = _calibration_texts(data, cfg, source)
                 reader = TokenizedRows(onnx_dir, texts, source["max_length"], _input_names(src_model))
-                int8_input, static_options = static_defaults(int8_input, Path(tmp), preset, cfg.ffn_output)
+                int8_input, static_options, weight_only_8bit = static_defaults(int8_input, Path(tmp), preset,
+                                                                               cfg.ffn_output)
             write_int8(int8_input, target, cfg.mode, settings, per_channel=cfg.per_channel, method=cfg.method,
-                       reader=reader, work_dir=Path(tmp), weight_bits=cfg.weight_bits,
-                       op_types=static_options.get("op_types"),
-                       nodes_to_exclude=static_options.get("nodes_to_exclude"))
+                       reader=reader, work_dir=Path(tmp), weight_bits=cfg.weight_bits, **static_options)
         source_weights = {"model.onnx", *external_data_files(src_model)}   # replaced by the quantized model
         for name in sorted(p.name for p in onnx_dir.iterdir()):
             if name not in source_weights and name != artifact.MANIFEST and (onnx_dir / name).is_file() \
@@ -395,7 +392,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, data: DataConfig | None, cfg
             quantization.update(calibration_rows=cfg.calibration, method=cfg.method,
                                 operators=static_options["op_types"],
                                 kept_fp32=static_options["nodes_to_exclude"], ffn_output=cfg.ffn_output,
-                                weight_only_8bit=static_options["weight_only_8bit"])
+                                weight_only_8bit=weight_only_8bit)
         if validation:
             write_provisional_manifest(art)
             after_logits = artifact_logits(art.dir, validation[0])

@@ -20,6 +20,7 @@ reuses what is finished, and a crashed training stage resumes from its own check
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import asdict, dataclass, fields, replace
@@ -69,6 +70,28 @@ def student_node_names(students: list[str]) -> dict[str, str]:
     return names
 
 
+def quantize_variants(grid: Grid, fused: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(name suffix, quantize options) of every quantized candidate the grid asks of one export. Static QDQ needs
+    the unfused graph (ORT fuses the QDQ graph at load), and so do 4-bit word embeddings (a fused export hides the
+    table in EmbedLayerNorm); weight_only comes once per weight_bits entry, static once per ffn_output entry."""
+    variants = []
+    for mode in grid.quantize:
+        if mode == "none" or (mode == "static" and fused):
+            continue
+        for bits in grid.embedding_bits:
+            if bits == 4 and fused:
+                continue
+            weight_bits = grid.weight_bits if mode == "weight_only" and bits == 8 else [8]
+            ffn_outputs = grid.ffn_output if mode == "static" else ["fp32"]
+            for wbits, ffn in itertools.product(weight_bits, ffn_outputs):
+                options = {"mode": mode, **({"weight_bits": 4} if wbits == 4 else {}),
+                           **({"embedding_bits": 4} if bits == 4 else {}),
+                           **({"ffn_output": ffn} if ffn != "fp32" else {})}
+                variants.append((f"int{wbits}-{mode}" + ("-emb4" if bits == 4 else "")
+                                 + ("-ffn8" if ffn != "fp32" else ""), options))
+    return variants
+
+
 def plan(teacher_layers: int, grid: Grid, unfused: frozenset[str] = frozenset()) -> list[Node]:
     """Every node of the tree, parents before children. ``unfused``: grid students whose family ONNX Runtime's
     optimizer does not know (exported with optimize none only)."""
@@ -106,22 +129,8 @@ def plan(teacher_layers: int, grid: Grid, unfused: frozenset[str] = frozenset())
                if level == "none" or fusable(base)]
     nodes.extend(exports)
     for export in exports:
-        for mode in grid.quantize:
-            if mode == "static" and export.options["optimize"] != "none":
-                continue        # QDQ calibration needs the unfused graph; ORT fuses the QDQ graph at load
-            if mode == "none":
-                continue
-            for bits in grid.embedding_bits:
-                if bits == 4 and export.options["optimize"] != "none":
-                    continue          # fused exports hide the table in EmbedLayerNorm
-                emb = {"embedding_bits": 4} if bits == 4 else {}
-                # weight_only once per weight_bits entry (MatMulNBits 8- or 4-bit); static once per ffn_output.
-                for weight_bits in (grid.weight_bits if mode == "weight_only" and bits == 8 else [8]):
-                    for ffn in (grid.ffn_output if mode == "static" else ["fp32"]):
-                        options = {"mode": mode, **({"weight_bits": 4} if weight_bits == 4 else {}), **emb,
-                                   **({"ffn_output": ffn} if ffn != "fp32" else {})}
-                        nodes.append(Node(f"{export.name}-int{weight_bits}-{mode}" + ("-emb4" if emb else "")
-                                          + ("-ffn8" if ffn != "fp32" else ""), "quantize", export, options))
+        for suffix, options in quantize_variants(grid, fused=export.options["optimize"] != "none"):
+            nodes.append(Node(f"{export.name}-{suffix}", "quantize", export, options))
     return nodes
 
 
