@@ -128,6 +128,23 @@ class BentoInfo:
     model_sha256: str   # sha256 of the model artifact's manifest.json, as the service's /metadata reports it
 
 
+def check_gpu_model(manifest: dict, where: str) -> None:
+    """Refuse an INT8 model (static or dynamic quantization) for the GPU image.
+
+    ONNX Runtime's CUDA provider has no integer kernels for these graphs: it dequantizes and multiplies in float,
+    and requantizes the activations. Measured on an H200 (docs/BENCHMARKS.md, GPU checks): a static INT8 MiniLM
+    gave another label than on the CPU for 0.4% of 3,000 texts, changed 8 labels with the batching, and ran at a
+    third of its FP32 export's rows/s. Weight-only models (MatMulNBits) have CUDA kernels and are let through."""
+    quantization = manifest.get("quantization") or {}
+    mode = quantization.get("mode") if isinstance(quantization, dict) else None
+    if mode not in ("static", "dynamic"):
+        return
+    export = next((step.get("name") for step in manifest.get("chain") or [] if step.get("stage") == "export"), None)
+    source = f" (the search's candidates/{export})" if export else ""
+    raise ContainerError(f"{where} is a {mode} INT8 model: on CUDA it runs slower than FP32 and its labels depend "
+                         f"on the batch; build the GPU image from its FP32 export{source}")
+
+
 def prepare_context(bento_tag: str, out: Path, *, gpu: bool = False) -> BentoInfo:
     """Assemble a build context in ``out``: Dockerfile, requirements-serve.txt, compose.yaml and bento/, a copy of the bento
     from the BentoML store with its model packed into bento/models (as `bentoml export` packs it)."""
@@ -159,6 +176,8 @@ def prepare_context(bento_tag: str, out: Path, *, gpu: bool = False) -> BentoInf
     if not (model_dir / "manifest.json").is_file():
         raise ContainerError(f"model {models[0].tag} of bento {bento.tag} is not a slimship artifact "
                              "(no manifest.json)")
+    if gpu:
+        check_gpu_model(json.loads((model_dir / "manifest.json").read_text()), f"model {models[0].tag}")
     return BentoInfo(str(bento.tag), str(models[0].tag), manifest_digest(model_dir))
 
 

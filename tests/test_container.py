@@ -273,6 +273,32 @@ def test_containerize_without_any_builder_says_what_to_install(tmp_path):
         assert words in proc.stderr
 
 
+@pytest.mark.parametrize("mode, refused", [("static", True), ("dynamic", True), ("weight_only", False), (None, False)])
+def test_gpu_image_refuses_int8_models_and_names_their_fp32_export(mode, refused):
+    manifest = {"chain": [{"stage": "teacher", "name": "teacher"}, {"stage": "export", "name": "teacher-onnx"},
+                          {"stage": "quantize", "name": "teacher-onnx-int8-static"}]}
+    if mode:
+        manifest["quantization"] = {"mode": mode}
+    if not refused:
+        containers.check_gpu_model(manifest, "runs/x/model")
+        return
+    with pytest.raises(containers.ContainerError, match=f"{mode} INT8 .*candidates/teacher-onnx\\)"):
+        containers.check_gpu_model(manifest, "runs/x/model")
+
+
+def test_containerize_gpu_refuses_an_int8_model_before_looking_for_a_builder(tiny_onnx, tmp_path):
+    model = tmp_path / "int8"
+    shutil.copytree(tiny_onnx, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["quantization"] = {"mode": "static"}
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    env = {**os.environ, "PATH": str(tmp_path), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    proc = subprocess.run(slimship_cmd("containerize", "--model", str(model), "--gpu"), capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "static INT8" in proc.stderr and "FP32" in proc.stderr
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
 def test_dockerfiles_pass_hadolint(dockerfile):
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))

@@ -86,6 +86,19 @@ def test_several_threads_run_a_batch_data_parallel_with_the_same_logits(clf, tin
     assert single._parallel_session is None            # one thread: the plain path, no second session
 
 
+def test_providers_are_chosen_once_for_every_session_of_a_classifier(tiny_onnx, monkeypatch):
+    """The one-thread sessions a batch opens on first use run where the classifier's first session runs, even if
+    SLIMSHIP_DEVICE changed in between (a CPU classifier's batches must not move to CUDA)."""
+    calls = []
+    choose = Classifier.providers
+    monkeypatch.setattr(Classifier, "providers", staticmethod(lambda ort: calls.append(1) or choose(ort)))
+    parallel = Classifier(tiny_onnx, threads=2)
+    monkeypatch.setenv("SLIMSHIP_DEVICE", "cuda")
+    parallel.logits(["ok", "word " * 60, "fine", "a rather longer sentence about a film " * 4])
+    assert parallel._parallel_session is not None and len(calls) == 1
+    assert parallel._parallel_session.get_providers() == parallel.session.get_providers()
+
+
 def test_encoded_rows_run_in_length_sorted_batches_give_the_same_logits_in_input_order(clf, tiny_onnx):
     """Batch scoring encodes a whole chunk at once, then runs it batch_size rows at a time (each batch cut to its
     own longest row): the same logits, in input order, as the texts run one request at a time."""

@@ -44,6 +44,10 @@ def run(args) -> int:
         raise UserError("give the model to ship: --model DIR (an ONNX artifact) or --bento TAG")
     if args.push:
         containers.check_destination(args.push)  # before minutes of building
+    if args.model and args.gpu:
+        from slimship.core import artifact
+
+        containers.check_gpu_model(artifact.load(args.model, verify=False), args.model)
     builder = containers.detect(args.backend)    # no builder: say so before minutes of building the bento
     if args.model:
         from slimship.serve.store import build_bento

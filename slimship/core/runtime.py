@@ -134,6 +134,10 @@ class Classifier:
 
         self.threads = threads or default_threads()
         self._spinning = spinning
+        import onnxruntime as ort
+
+        # Chosen once: the per-thread sessions opened later must run where this one runs.
+        self._providers = self.providers(ort)
         self.session = self._new_session(self.threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         # Batches on a CPU with several threads run data-parallel: see run().
@@ -151,7 +155,7 @@ class Classifier:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not self._spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(self.path / MODEL_FILE), options, providers=self.providers(ort))
+        return ort.InferenceSession(str(self.path / MODEL_FILE), options, providers=self._providers)
 
     @staticmethod
     def providers(ort) -> list[str]:
