@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slimship.core.tasks import split_pairs
+
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = ROOT.parent / "shared" / "datasets" / "sst2"
 RESULTS = ROOT / "bench" / "results" / "headline"
@@ -98,7 +100,10 @@ def timed_side_by_side(rows: list[dict], texts: list[str], latency_rows: int, re
         r.update(median, throughput_min=throughput[0], throughput_max=throughput[-1], passes=runs)
 
 
-def accuracy(logits_of, texts: list[str], labels: list[int]) -> float:
+def accuracy(logits_of, texts: list, labels: list[int] | None) -> float | None:
+    """Accuracy of argmax over ``texts`` (texts or (text, text_pair) tuples); None without class labels."""
+    if labels is None:
+        return None
     preds = np.concatenate([np.asarray(logits_of(texts[i:i + 64])).argmax(-1) for i in range(0, len(texts), 64)])
     return float((preds == np.asarray(labels)).mean())
 
@@ -117,7 +122,8 @@ def pytorch_row(teacher: Path, texts, labels, max_length, threads, latency_rows)
 
     def logits(batch):
         with torch.inference_mode():
-            enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            enc = tokenizer(*split_pairs(batch), truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
             return model(**enc).logits.numpy()
 
     return {"name": "PyTorch FP32 teacher", "accuracy": accuracy(logits, texts, labels),
@@ -149,7 +155,8 @@ def optimum_rows(teacher: Path, results: Path, texts, labels, max_length, thread
                                                                   session_options=options)
 
         def logits(batch, model=model):
-            enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+            enc = tokenizer(*split_pairs(batch), truncation=True, max_length=max_length, padding=True,
+                            return_tensors="np")
             return model(**enc).logits
 
         rows.append({"name": name, "accuracy": accuracy(logits, texts, labels),

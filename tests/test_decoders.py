@@ -194,8 +194,53 @@ def test_decoder_prune_refusals_name_family_and_operation(tmp_path):
     assert [r.heads for r in steps] == [0, 2, 0]
     assert sum(r.ffn for r in steps) == 30
     gpt2 = AutoModelForSequenceClassification.from_pretrained(build_tiny("gpt2", tmp_path / "gpt2"))
-    with pytest.raises(UserError, match="gpt2: structured pruning is not supported"):
-        Shape.of(gpt2)
+    with pytest.raises(UserError, match="gpt2: hidden pruning is not supported"):
+        plan(Shape.of(gpt2), PruneConfig(hidden=0.25), gpt2)
+
+
+def test_gpt2_prune_cuts_conv1d_heads_and_ffn_and_exports_with_parity(chains, demo_data, tmp_path):
+    """GPT-2's projections are Conv1D with q, k and v fused: heads and FFN channels are cut by hand, and a plain
+    from_pretrained rebuilds the result (the config lists the removed head slots)."""
+    from slimship.compress.config import ExportConfig, PruneConfig
+    from slimship.compress.export import export
+    from slimship.compress.prune import prune
+    from slimship.core import artifact
+    from slimship.train.artifacts import load_pytorch_artifact
+
+    d = data(demo_data)
+    pruned = prune(chains("gpt2")["teacher"], tmp_path / "pruned", d,
+                   PruneConfig(heads=0.5, ffn=0.5, recovery_epochs=0, max_length=48, batch_size=16,
+                               importance_batches=2, quiet=True))
+    manifest = artifact.load(pruned)
+    assert manifest["pruning"]["reload_max_abs_diff"] < 1e-5
+    assert manifest["after"]["shape"] == {"hidden": 32, "heads": 1, "head_dim": 16, "ffn": 32}
+    _, model, _ = load_pytorch_artifact(pruned)
+    config, attention = model.config, model.transformer.h[0].attn
+    assert (config.n_head, config.n_inner, config.pruned_heads[0]) == (2, 32, [1])
+    assert (attention.num_heads, attention.split_size, tuple(attention.c_attn.weight.shape)) == (1, 16, (32, 48))
+    assert tuple(model.transformer.h[0].mlp.c_fc.weight.shape) == (32, 32)
+    onnx = export(pruned, tmp_path / "onnx", d, ExportConfig())
+    assert artifact.load(onnx)["parity"]["agreement_batch1"] >= 0.995
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_gpt2_pruned_in_steps_finds_the_earlier_steps_heads_gone(importance):
+    """A second step ranks the heads that are left and maps them back to their slots; reload is exact."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from slimship.compress.prune import Removal, Shape, prune_step, reload_difference
+
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                                                     n_positions=32, pad_token_id=0, num_labels=2))
+    inputs = {"input_ids": torch.randint(1, 50, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    batches = [{**inputs, "labels": torch.tensor([0, 1, 0])}]
+    for _ in range(2):
+        prune_step(model, Removal(heads=1, ffn=8), importance, batches, 12)
+    assert Shape.of(model).__dict__ == {"hidden": 32, "heads": 2, "head_dim": 8, "ffn": 48}
+    assert model.config.pruned_heads == {0: [2, 3], 1: [2, 3]} and model.config.n_inner == 48
+    assert reload_difference(model, inputs) < 1e-5
 
 
 def test_qwen_teacher_into_bert_student_with_its_own_tokenizer(chains, demo_data, tmp_path):

@@ -62,6 +62,11 @@ def _width(module) -> int:
     return module.embedding_dim if hasattr(module, "embedding_dim") else module.out_features
 
 
+def _inputs(projection) -> int:
+    """Input width of a Linear, or of a transformers Conv1D (weight [in, out], no in_features)."""
+    return projection.in_features if hasattr(projection, "in_features") else projection.weight.shape[0]
+
+
 @dataclass
 class Shape:
     """The uniform per-layer shape of a (possibly already pruned) encoder."""
@@ -82,7 +87,7 @@ class Shape:
         heads = attention.query.out_features // head_dim if pruning.head_config == "gqa" \
             else getattr(attention.module, count)
         return cls(hidden=_width(_hidden_root(model, pruning)), heads=heads, head_dim=head_dim,
-                   ffn=ffn.down.in_features)
+                   ffn=_inputs(ffn.down))
 
 
 @dataclass
@@ -239,6 +244,9 @@ def prune_step(model, removal: Removal, importance: str, batches: list[dict], ma
     if pruning.head_config == "gqa":
         _prune_decoder_step(model, removal, importance, shape)
         return
+    if pruning.conv1d:
+        _prune_conv1d_step(model, removal, importance, shape)
+        return
     gated = family.ffn(prune_blocks(model)[0]).gated
     # Gated FFNs by hand (torch-pruning's trace does not split the up projection's rows into input and gate
     # halves), before the graph is traced, so that it sees the cut modules.
@@ -368,6 +376,43 @@ def _prune_decoder_step(model, removal: Removal, importance: str, shape: Shape) 
     config.head_dim = shape.head_dim       # no longer hidden_size / num_attention_heads
     config.num_attention_heads = shape.heads - removal.heads
     config.intermediate_size = shape.ffn - removal.ffn
+
+
+def _prune_conv1d_step(model, removal: Removal, importance: str, shape: Shape) -> None:
+    """GPT-2 blocks, cut by hand: their projections are Conv1D (weight [in, out]) with q, k and v fused.
+
+    Heads: a head is its columns in each of c_attn's q, k and v thirds and its rows of c_proj; the attention's
+    own prune_heads cuts them. The config keeps n_head slots and lists the last ones as pruned, so a fresh
+    GPT-2 built from it has the kept heads' shapes, in their order. FFN: a channel is a c_fc column and a
+    c_proj row."""
+    import torch
+    from transformers.pytorch_utils import prune_conv1d_layer
+
+    family, _ = pruning_of(model)
+    config = model.config
+    slots = int(config.n_head)
+    kept_heads = shape.heads - removal.heads
+    for block in prune_blocks(model):
+        if removal.heads:
+            parts = family.attention(block)
+            with torch.no_grad():
+                per_head = (_score(parts.qkv.weight, 0, importance).view(3, shape.heads, -1).sum((0, 2))
+                            + _score(parts.output.weight, 1, importance).view(shape.heads, -1).sum(1))
+            present = sorted(set(range(slots)) - set(parts.module.pruned_heads))   # slot of each current head
+            parts.module.prune_heads({present[h] for h in _lowest(per_head, removal.heads)})
+            parts.module.pruned_heads = set(range(kept_heads, slots))
+        if removal.ffn:
+            parts = family.ffn(block)
+            with torch.no_grad():
+                scores = _score(parts.up.weight, 0, importance) + _score(parts.down.weight, 1, importance)
+            dropped = set(_lowest(scores, removal.ffn))
+            keep = torch.tensor([c for c in range(shape.ffn) if c not in dropped])
+            block.mlp.c_fc = prune_conv1d_layer(parts.up, keep, dim=1)
+            block.mlp.c_proj = prune_conv1d_layer(parts.down, keep, dim=0)
+    model.zero_grad(set_to_none=True)
+    blocks = len(prune_blocks(model))
+    config.pruned_heads = {i: list(range(kept_heads, slots)) for i in range(blocks)} if kept_heads < slots else {}
+    config.n_inner = shape.ffn - removal.ffn
 
 
 def _drop_columns(table, dropped: list[int]) -> None:

@@ -170,6 +170,14 @@ def _albert_ffn(block) -> FFNParts:
     return FFNParts(up=block.ffn, down=block.ffn_output)
 
 
+def _gpt2_attention(block) -> AttentionParts:
+    return AttentionParts(module=block.attn, qkv=block.attn.c_attn, output=block.attn.c_proj)
+
+
+def _gpt2_ffn(block) -> FFNParts:
+    return FFNParts(up=block.mlp.c_fc, down=block.mlp.c_proj)
+
+
 def _llama_attention(block) -> AttentionParts:
     a = block.self_attn
     return AttentionParts(module=a, query=a.q_proj, key=a.k_proj, value=a.v_proj, output=a.o_proj)
@@ -212,8 +220,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gpt2", "transformer.h", depth_key="n_layer", inputs=_NO_TYPES, pad_token="<|endoftext|>",
            tokenizer_files=_ROBERTA_TOKENIZER, head=("transformer.ln_f", "score"), ort_optimizer=False,
            hidden_key="n_embd", heads_key="n_head", intermediate_key="n_inner", pooling="last",
-           pad_from_eos=True, lora_targets=("c_attn", "c_proj", "c_fc"),
-           notes="GPT-2; Conv1D projections (not pruned)"),
+           pad_from_eos=True, lora_targets=("c_attn", "c_proj", "c_fc"), attention=_gpt2_attention,
+           ffn=_gpt2_ffn, notes="GPT-2; Conv1D projections (weights stored input-major), pruned by hand"),
     *(Family(name, "model.layers", inputs=_NO_TYPES, pad_token="<|endoftext|>",
              tokenizer_files=_ROBERTA_TOKENIZER + ("tokenizer.model",), head=("model.norm", "score"),
              ort_optimizer=False, pooling="last", pad_from_eos=True,
@@ -352,6 +360,9 @@ class Pruning:
     # Hidden-wide tables whose weight the forward reads directly (not by calling the module), so torch-pruning's
     # trace misses them: their columns are cut with the residual stream's.
     hidden_tables: tuple[str, ...] = ()
+    # The projections are transformers' Conv1D (GPT-2: weight [in, out], q/k/v fused in c_attn), which
+    # torch-pruning's trace does not know: heads and FFN channels are cut by hand.
+    conv1d: bool = False
     refused: tuple[tuple[str, str], ...] = ()   # (operation, why) for what the family's config cannot describe
 
     def refusal(self, operation: str) -> str | None:
@@ -364,10 +375,16 @@ _MPNET_HEADS = ("one relative-position bias per head, shared by all layers, is a
                 "so its config cannot describe fewer heads")
 _DECODER_HIDDEN = ("the residual stream runs through RMSNorms, rotary embeddings and the head of every block; "
                    "cutting it is not implemented for decoders")
+_GPT2_HIDDEN = ("the residual stream runs through the position table, every block's LayerNorms and the head; "
+                "cutting it is not implemented for GPT-2")
 _GQA = Pruning(head_attrs=("num_key_value_groups", "head_dim", ""), head_config="gqa",
                hidden_root=("embed_tokens",), refused=(("hidden", _DECODER_HIDDEN),))
 PRUNING: dict[str, Pruning] = {
     "llama": _GQA, "qwen2": _GQA, "qwen3": _GQA,
+    # GPT-2's config keeps n_head head slots of n_embd / n_head and lists the removed ones in pruned_heads,
+    # which GPT2Attention.prune_heads applies when the model is built, like BERT's.
+    "gpt2": Pruning(head_attrs=("num_heads", "head_dim", "split_size"), hidden_root=("wte",), conv1d=True,
+                    refused=(("hidden", _GPT2_HIDDEN),)),
     "bert": Pruning(side_outputs=("pooler.dense",)),
     "roberta": Pruning(side_outputs=("classifier.dense",)),
     "xlm-roberta": Pruning(side_outputs=("classifier.dense",)),
