@@ -8,6 +8,7 @@
 #   bench/gpu_run.sh OUT_DIR [MODEL_DIR ...]
 #
 # STEPS (optional): which of check, train, serve to run (default all three).
+# Run as root: step 3 writes /etc/ld.so.conf.d/slimship-cuda.conf and runs ldconfig, as the image's build does.
 # SITE (optional): a folder put first on PYTHONPATH, for packages whose pinned versions differ from the
 # machine's own (transformers 4.57 with its tokenizers and huggingface_hub, onnxruntime-gpu). Each step's log
 # goes to OUT_DIR; a failing step does not stop the next.
