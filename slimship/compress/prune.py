@@ -378,6 +378,18 @@ def _prune_decoder_step(model, removal: Removal, importance: str, shape: Shape) 
     config.intermediate_size = shape.ffn - removal.ffn
 
 
+def _keep_conv1d(layer, keep, dim: int) -> None:
+    """Keep only ``keep`` along ``dim`` of a transformers Conv1D in place (weight [in, out]: dim 1 = outputs,
+    whose bias goes too; dim 0 = inputs)."""
+    import torch
+
+    with torch.no_grad():
+        layer.weight = torch.nn.Parameter(layer.weight.index_select(dim, keep).clone())
+        if dim == 1:
+            layer.bias = torch.nn.Parameter(layer.bias[keep].clone())
+    layer.nf, layer.nx = layer.weight.shape[1], layer.weight.shape[0]
+
+
 def _prune_conv1d_step(model, removal: Removal, importance: str, shape: Shape) -> None:
     """GPT-2 blocks, cut by hand: their projections are Conv1D (weight [in, out]) with q, k and v fused.
 
@@ -386,11 +398,10 @@ def _prune_conv1d_step(model, removal: Removal, importance: str, shape: Shape) -
     GPT-2 built from it has the kept heads' shapes, in their order. FFN: a channel is a c_fc column and a
     c_proj row."""
     import torch
-    from transformers.pytorch_utils import prune_conv1d_layer
 
     family, _ = pruning_of(model)
     config = model.config
-    slots = int(config.n_head)
+    slots = int(getattr(config, family.heads_key))
     kept_heads = shape.heads - removal.heads
     for block in prune_blocks(model):
         if removal.heads:
@@ -407,12 +418,12 @@ def _prune_conv1d_step(model, removal: Removal, importance: str, shape: Shape) -
                 scores = _score(parts.up.weight, 0, importance) + _score(parts.down.weight, 1, importance)
             dropped = set(_lowest(scores, removal.ffn))
             keep = torch.tensor([c for c in range(shape.ffn) if c not in dropped])
-            block.mlp.c_fc = prune_conv1d_layer(parts.up, keep, dim=1)
-            block.mlp.c_proj = prune_conv1d_layer(parts.down, keep, dim=0)
+            _keep_conv1d(parts.up, keep, dim=1)
+            _keep_conv1d(parts.down, keep, dim=0)
     model.zero_grad(set_to_none=True)
     blocks = len(prune_blocks(model))
     config.pruned_heads = {i: list(range(kept_heads, slots)) for i in range(blocks)} if kept_heads < slots else {}
-    config.n_inner = shape.ffn - removal.ffn
+    setattr(config, family.intermediate_key, shape.ffn - removal.ffn)
 
 
 def _drop_columns(table, dropped: list[int]) -> None:
