@@ -148,29 +148,33 @@ def test_decoder_layer_dropping_keeps_the_chosen_blocks(tmp_path):
         assert torch.equal(reloaded.eval()(input_ids=ids).logits, student.eval()(input_ids=ids).logits)
 
 
-def test_decoder_prune_keeps_kv_groups_and_reloads_identically(chains, demo_data, tmp_path):
+def pruned_half(chains, family: str, demo_data, tmp_path):
+    """The family's tiny teacher with half its heads and FFN channels pruned (no recovery), then exported:
+    (pruned manifest, reloaded model, ONNX manifest)."""
     from slimship.compress.config import ExportConfig, PruneConfig
     from slimship.compress.export import export
     from slimship.compress.prune import prune
     from slimship.core import artifact
     from slimship.train.artifacts import load_pytorch_artifact
 
-    teacher = chains("qwen2")["teacher"]
     d = data(demo_data)
-    pruned = prune(teacher, tmp_path / "pruned", d,
+    pruned = prune(chains(family)["teacher"], tmp_path / "pruned", d,
                    PruneConfig(heads=0.5, ffn=0.5, recovery_epochs=0, max_length=48, batch_size=16,
                                importance_batches=2, quiet=True))
-    manifest = artifact.load(pruned)
+    _, model, _ = load_pytorch_artifact(pruned)
+    return artifact.load(pruned), model, artifact.load(export(pruned, tmp_path / "onnx", d, ExportConfig()))
+
+
+def test_decoder_prune_keeps_kv_groups_and_reloads_identically(chains, demo_data, tmp_path):
+    manifest, model, onnx = pruned_half(chains, "qwen2", demo_data, tmp_path)
     assert manifest["pruning"]["reload_max_abs_diff"] < 1e-5
     assert manifest["after"]["shape"] == {"hidden": 32, "heads": 2, "head_dim": 8, "ffn": 32}
-    _, model, _ = load_pytorch_artifact(pruned)
     config = model.config
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 2, 8)
     attention = model.model.layers[0].self_attn
     assert attention.num_key_value_groups == 1 and attention.q_proj.out_features == 16
     assert model.model.layers[0].mlp.gate_proj.out_features == 32 == model.model.layers[0].mlp.down_proj.in_features
-    onnx = export(pruned, tmp_path / "onnx", d, ExportConfig())
-    assert artifact.load(onnx)["parity"]["agreement_batch1"] >= 0.995
+    assert onnx["parity"]["agreement_batch1"] >= 0.995
 
 
 def test_decoder_prune_refusals_name_family_and_operation(tmp_path):
@@ -201,26 +205,14 @@ def test_decoder_prune_refusals_name_family_and_operation(tmp_path):
 def test_gpt2_prune_cuts_conv1d_heads_and_ffn_and_exports_with_parity(chains, demo_data, tmp_path):
     """GPT-2's projections are Conv1D with q, k and v fused: heads and FFN channels are cut by hand, and a plain
     from_pretrained rebuilds the result (the config lists the removed head slots)."""
-    from slimship.compress.config import ExportConfig, PruneConfig
-    from slimship.compress.export import export
-    from slimship.compress.prune import prune
-    from slimship.core import artifact
-    from slimship.train.artifacts import load_pytorch_artifact
-
-    d = data(demo_data)
-    pruned = prune(chains("gpt2")["teacher"], tmp_path / "pruned", d,
-                   PruneConfig(heads=0.5, ffn=0.5, recovery_epochs=0, max_length=48, batch_size=16,
-                               importance_batches=2, quiet=True))
-    manifest = artifact.load(pruned)
+    manifest, model, onnx = pruned_half(chains, "gpt2", demo_data, tmp_path)
     assert manifest["pruning"]["reload_max_abs_diff"] < 1e-5
     assert manifest["after"]["shape"] == {"hidden": 32, "heads": 1, "head_dim": 16, "ffn": 32}
-    _, model, _ = load_pytorch_artifact(pruned)
     config, attention = model.config, model.transformer.h[0].attn
     assert (config.n_head, config.n_inner, config.pruned_heads[0]) == (2, 32, [1])
     assert (attention.num_heads, attention.split_size, tuple(attention.c_attn.weight.shape)) == (1, 16, (32, 48))
     assert tuple(model.transformer.h[0].mlp.c_fc.weight.shape) == (32, 32)
-    onnx = export(pruned, tmp_path / "onnx", d, ExportConfig())
-    assert artifact.load(onnx)["parity"]["agreement_batch1"] >= 0.995
+    assert onnx["parity"]["agreement_batch1"] >= 0.995
 
 
 @pytest.mark.parametrize("importance", ["magnitude", "taylor"])
