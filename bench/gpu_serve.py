@@ -42,16 +42,16 @@ def probabilities(classifier, texts: list[str], batch: int = 32) -> np.ndarray:
     return np.concatenate(out)
 
 
-def placement(model_dir: Path) -> dict[str, dict[str, int]]:
-    """{provider: {op type: nodes run}} from one profiled CUDA-first pass over a short batch."""
+def placement(classifier) -> dict[str, dict[str, int]]:
+    """{provider: {op type: nodes run}} from one profiled pass over a short batch, on the providers the
+    classifier's own session got."""
     import onnxruntime as ort
-    from slimship.core.runtime import Classifier
 
-    classifier = Classifier(model_dir)
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = f"/tmp/gpu_serve_{os.getpid()}"
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=classifier.providers(ort))
+    session = ort.InferenceSession(str(classifier.path / "model.onnx"), options,
+                                   providers=classifier.session.get_providers())
     feeds = classifier.encode(["a short text to place the nodes", "another one"])
     session.run(None, {name: feeds[name] for name in (i.name for i in session.get_inputs())})
     trace = json.loads(Path(session.end_profiling()).read_text())
@@ -91,7 +91,7 @@ def check(model_dir: Path, texts: list[str], cpu_threads: int, repeats: int) -> 
     os.environ.pop("SLIMSHIP_DEVICE", None)
     gpu = Classifier(model_dir)
     row = {"model": str(model_dir), "mb": round((model_dir / "model.onnx").stat().st_size / 1e6, 1),
-           "providers": gpu.session.get_providers(), "placement": placement(model_dir)}
+           "providers": gpu.session.get_providers(), "placement": placement(gpu)}
     p_gpu = probabilities(gpu, texts)
     row["parity"] = {"texts": len(texts), "label_agreement": float((p_gpu.argmax(-1) == p_cpu.argmax(-1)).mean()),
                      "max_abs_prob_diff": float(np.abs(p_gpu - p_cpu).max())}
