@@ -86,6 +86,18 @@ def test_several_threads_run_a_batch_data_parallel_with_the_same_logits(clf, tin
     assert single._parallel_session is None            # one thread: the plain path, no second session
 
 
+def test_parallel_false_runs_on_the_calling_thread_alone_with_the_same_logits(clf, tiny_onnx):
+    """What the server's low-priority thread runs while shedding: no pool and no multi-thread session, whose
+    threads would keep their normal priority; the answers are the parallel path's."""
+    texts = ["ok", "word " * 60, "fine", "a rather longer sentence about a film " * 4, "no"] * 3
+    parallel = Classifier(tiny_onnx, threads=3)
+    for batch in (texts, texts[:1]):
+        np.testing.assert_allclose(parallel.logits(batch, parallel=False), clf.logits(batch), atol=1e-5)
+    assert parallel._pool is None and parallel._parallel_session is not None
+    np.testing.assert_allclose(parallel.logits(texts), parallel.logits(texts, parallel=False), atol=1e-5)
+    assert parallel._pool is not None
+
+
 def test_providers_are_chosen_once_for_every_session_of_a_classifier(tiny_onnx, monkeypatch):
     """The one-thread sessions a batch opens on first use run where the classifier's first session runs, even if
     SLIMSHIP_DEVICE changed in between (a CPU classifier's batches must not move to CUDA)."""
@@ -190,11 +202,13 @@ def test_batches_run_at_lower_priority_only_while_shedding(clf):
 
     seen = []
 
-    def infer(texts):
-        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    def infer(texts, path="normal"):
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+                     path))
         return clf.logits(texts)
 
-    batcher = AdaptiveBatcher(infer, max_batch_size=4, max_latency_ms=10_000, max_queue=4, infer_nice=7)
+    batcher = AdaptiveBatcher(infer, max_batch_size=4, max_latency_ms=10_000, max_queue=4, infer_nice=7,
+                              low_priority_infer=lambda texts: infer(texts, "low"))
 
     async def main():
         await batcher.submit(TEXTS[:2])                 # normal load
@@ -204,8 +218,8 @@ def test_batches_run_at_lower_priority_only_while_shedding(clf):
 
     asyncio.run(main())
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert seen[0] == ("slimship-infer_0", base) and batcher.shed >= 1
-    assert seen[-1][0].startswith("slimship-infer-low") and seen[-1][1] == min(19, base + 7)
+    assert seen[0] == ("slimship-infer_0", base, "normal") and batcher.shed >= 1
+    assert seen[-1][0].startswith("slimship-infer-low") and seen[-1][1:] == (min(19, base + 7), "low")
 
 
 def test_import_into_model_store_and_serve_imports_no_torch(tiny_onnx, tmp_path):

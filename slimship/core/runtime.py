@@ -142,7 +142,7 @@ class Classifier:
         self.input_names = [i.name for i in self.session.get_inputs()]
         # Batches on a CPU with several threads run data-parallel: see run().
         self._parallel = self.threads > 1 and self.session.get_providers()[0] == "CPUExecutionProvider"
-        self._parallel_session = None   # made on first use: one intra-op thread, shared by the pool's threads
+        self._parallel_session = None   # made on first use: one intra-op thread (_one_thread_session)
         self._pool = None
         self._parallel_lock = threading.Lock()
 
@@ -182,32 +182,34 @@ class Classifier:
         }
         return {name: feeds[name] for name in self.input_names}
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        return self.run(self.encode(texts))
+    def logits(self, texts: Sequence[str], parallel: bool = True) -> np.ndarray:
+        return self.run(self.encode(texts), parallel=parallel)
 
-    def run(self, feeds: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
+    def run(self, feeds: dict[str, np.ndarray], batch_size: int | None = None, parallel: bool = True) -> np.ndarray:
         """Logits of encoded (``encode``) rows, in input order.
 
         ``batch_size``: run at most that many rows at a time, taken in order of length, each batch padded only
         to its own longest row. For many rows encoded at once (batch scoring encodes whole chunks); without it
-        the rows are one batch."""
+        the rows are one batch. ``parallel=False`` (on a CPU with threads > 1) runs everything on the
+        calling thread alone, through a one-thread session: for a caller that lowered its own thread's priority,
+        since ONNX Runtime's and the pool's threads keep theirs."""
         lengths = feeds["attention_mask"].sum(axis=1)
         if batch_size is None or len(lengths) <= batch_size:
-            return self._run_batch(feeds, lengths)
+            return self._run_batch(feeds, lengths, parallel)
         logits = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             width = int(lengths[rows].max())
             batch = {name: np.ascontiguousarray(self._columns(value[rows], width)) for name, value in feeds.items()}
-            logits[rows] = self._run_batch(batch, lengths[rows])
+            logits[rows] = self._run_batch(batch, lengths[rows], parallel)
         return logits
 
     def _columns(self, value: np.ndarray, width: int) -> np.ndarray:
         """The ``width`` columns that hold the rows' tokens: the first ones when padded on the right."""
         return value[:, :width] if self.padding_side == "right" else value[:, value.shape[1] - width:]
 
-    def _run_batch(self, feeds: dict[str, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    def _run_batch(self, feeds: dict[str, np.ndarray], lengths: np.ndarray, parallel: bool = True) -> np.ndarray:
         """One batch, run in groups of similar length (``length_groups``) so short texts are not padded to the
         batch's longest. For FP32 and static INT8 models the split changes speed only (attention masks the
         padding). Dynamic INT8 picks its activation scales per call from everything in it, padding included,
@@ -215,10 +217,10 @@ class Classifier:
         predictions unchanged by it)."""
         if len(lengths) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
+        session = self.session if parallel or not self._parallel else self._one_thread_session()
         if len(lengths) == 1:
             width = int(lengths[0])
-            return self.session.run(["logits"], {name: self._columns(value, width)
-                                                 for name, value in feeds.items()})[0]
+            return session.run(["logits"], {name: self._columns(value, width) for name, value in feeds.items()})[0]
         logits = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
         groups = length_groups(lengths)
 
@@ -227,9 +229,9 @@ class Classifier:
             group = {name: np.ascontiguousarray(self._columns(value[rows], width)) for name, value in feeds.items()}
             logits[rows] = session.run(["logits"], group)[0]
 
-        if not self._parallel:
+        if not (self._parallel and parallel):
             for rows in groups:
-                run_group(self.session, rows)
+                run_group(session, rows)
             return logits
         # Data-parallel: the calls of one batch (the groups, and halves of the biggest groups until there are
         # as many calls as threads) run at once, each on one thread. For these sentence-length batches that
@@ -239,17 +241,25 @@ class Classifier:
             biggest = max(range(len(groups)), key=lambda i: len(groups[i]))
             rows = groups.pop(biggest)
             groups += [rows[:len(rows) // 2], rows[len(rows) // 2:]]
+        one_thread = self._one_thread_session()
         with self._parallel_lock:        # callers on several threads must not build it twice
-            if self._parallel_session is None:
+            if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="slimship-ort")
-                self._parallel_session = self._new_session(1)
         # Longest calls first, so the last one to start is a short one.
         groups.sort(key=lambda rows: -len(rows) * int(lengths[rows].max()))
-        for future in [self._pool.submit(run_group, self._parallel_session, rows) for rows in groups]:
+        for future in [self._pool.submit(run_group, one_thread, rows) for rows in groups]:
             future.result()
         return logits
+
+    def _one_thread_session(self):
+        """The session with one intra-op thread, made on first use and shared (ONNX Runtime sessions take
+        concurrent runs): the pool's calls and ``parallel=False`` runs use it."""
+        with self._parallel_lock:
+            if self._parallel_session is None:
+                self._parallel_session = self._new_session(1)
+            return self._parallel_session
 
     def predict(self, texts, probs: bool = False) -> list[dict[str, Any]]:
         """One answer per input (see the module's docstring), in input order; ``probs`` adds every label's

@@ -61,8 +61,11 @@ class _Job:
 class AdaptiveBatcher:
     def __init__(self, infer: Callable[[list[str]], np.ndarray], *, max_batch_size: int, max_latency_ms: int,
                  max_queue: int, seconds_per_text: float = 0.002, seconds_per_batch: float = 0.0,
-                 infer_nice: int = 0):
+                 infer_nice: int = 0, low_priority_infer: Callable[[list[str]], np.ndarray] | None = None):
         self.infer = infer                      # texts -> logits (rows in order); runs on the inference thread
+        # What the low-priority thread runs instead, if given: the same answers, computed on that thread alone.
+        # Helper threads (ONNX Runtime's, a data-parallel pool) would keep their normal priority.
+        self.low_priority_infer = low_priority_infer or infer
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000
         self.max_queue = max_queue
@@ -151,8 +154,8 @@ class AdaptiveBatcher:
         self.queued_texts -= size
         return jobs
 
-    def _infer_chunked(self, texts: list[str]) -> np.ndarray:
-        parts = [self.infer(texts[i:i + self.max_batch_size]) for i in range(0, len(texts), self.max_batch_size)]
+    def _infer_chunked(self, infer: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+        parts = [infer(texts[i:i + self.max_batch_size]) for i in range(0, len(texts), self.max_batch_size)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def _run(self) -> None:
@@ -170,8 +173,8 @@ class AdaptiveBatcher:
             start = time.perf_counter()
             try:
                 shedding = time.monotonic() - self.last_shed < SHED_PRIORITY_S
-                thread = self._low_thread if shedding else self._thread
-                logits = await loop.run_in_executor(thread, self._infer_chunked, texts)
+                thread, infer = (self._low_thread, self.low_priority_infer) if shedding else (self._thread, self.infer)
+                logits = await loop.run_in_executor(thread, self._infer_chunked, infer, texts)
             except Exception as e:  # an inference failure fails this batch's requests, not the server
                 for job in jobs:
                     if not job.future.done():

@@ -48,6 +48,7 @@ when a worker builds its app (serve/bentoml_patches.py).
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import time
@@ -202,7 +203,8 @@ class Classify:
         self.classifier = Classifier(stored.path, threads=SETTINGS.threads, spinning=False)
         self.batcher = AdaptiveBatcher(self.classifier.logits, max_batch_size=SETTINGS.max_batch_size,
                                        max_latency_ms=SETTINGS.max_latency_ms, max_queue=SETTINGS.max_queue,
-                                       infer_nice=SETTINGS.infer_nice)
+                                       infer_nice=SETTINGS.infer_nice,
+                                       low_priority_infer=functools.partial(self.classifier.logits, parallel=False))
         self.metadata_doc = {
             "model": stored.tag.name,
             "version": stored.tag.version,
