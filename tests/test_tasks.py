@@ -133,6 +133,24 @@ def test_per_label_thresholds_are_tuned_on_each_label():
     assert tuned["micro_f1"] > at_half["micro_f1"] and tuned["micro_f1"] == 1.0
 
 
+def test_training_scores_a_multilabel_model_at_thresholds_tuned_on_the_evaluated_rows():
+    """A model that ranks every label right but is not yet sure of any (all probabilities under 0.5) scores
+    what it would ship with, not 0.0: early stopping must not end training on that plateau."""
+    from transformers import EvalPrediction
+
+    from slimship.train.recipe import compute_metrics_for
+
+    probs = np.array([[0.40, 0.05], [0.35, 0.30], [0.05, 0.02], [0.10, 0.28], [0.08, 0.03]])
+    truth = np.array([[1, 0], [1, 1], [0, 0], [0, 1], [0, 0]], dtype=np.float32)
+    logits = np.log(probs / (1 - probs))
+    assert multilabel_metrics(probs > 0.5, truth, ["a", "b"])["micro_f1"] == 0.0
+    scores = compute_metrics_for(["a", "b"], "multilabel")(EvalPrediction(predictions=logits, label_ids=truth))
+    assert scores["micro_f1"] == pytest.approx(1.0) and scores["f1"] == pytest.approx(1.0)
+    single = compute_metrics_for(["a", "b"])(EvalPrediction(predictions=np.array([[2.0, 0.0], [0.0, 1.0]]),
+                                                             label_ids=np.array([0, 0])))
+    assert single["accuracy"] == 0.5                      # classification: unchanged, argmax
+
+
 def test_multilabel_and_regression_metrics_by_hand():
     pred = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=bool)
     true = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 1]])
