@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", default="slimship-classifier", help="model name in the BentoML model store")
     group = parser.add_argument_group("tuning (default: from the SLIMSHIP_* environment, else the CPU count)")
     group.add_argument("--workers", type=int, help="server processes (SLIMSHIP_WORKERS, default: cores, at most 4)")
-    group.add_argument("--threads", type=int, help="ONNX Runtime threads per worker (SLIMSHIP_THREADS)")
+    group.add_argument("--threads", type=int, help="ONNX Runtime threads per worker (SLIMSHIP_THREADS, default: "
+                       "cores / workers); the core count lets one large request (a rerank of 50) use every core")
     group.add_argument("--max-batch-size", type=int, help="texts per inference call (SLIMSHIP_MAX_BATCH_SIZE)")
     group.add_argument("--max-latency-ms", type=int,
                        help="shed requests (503) whose predicted queue wait exceeds this (SLIMSHIP_MAX_LATENCY_MS)")
