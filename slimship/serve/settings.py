@@ -21,7 +21,7 @@ tops out well below what the cores can do: on 2 cores with a 3-layer MiniLM, 2 w
 req/s at 32 clients where 1 worker x 2 threads served 628 (docs/BENCHMARKS.md). More than 4 workers is not the
 default because each holds its own copy of the model and its own batch queue (smaller batches); set it higher
 on big machines after measuring. SLIMSHIP_THREADS=cores lets one request with many texts (a 50-document rerank)
-use every core: about 30% faster on 2 cores, for 3-8% of single-text throughput at 32-64 clients
+use every core: about 30% faster on 2 cores, for 2-7% of single-text throughput at 32-64 clients
 (docs/SERVING.md).
 Batches of 32 keep the padding waste and one batch's latency small for sentence-length texts. 500 ms of
 predicted wait is well above the wait at normal load, so normal load never sheds, yet an overloaded server
