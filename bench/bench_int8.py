@@ -51,6 +51,10 @@ OPTIONS = {
     "static-default-emb4-b128": dict(mode="static", defaults=True, embedding_bits=4, embedding_block=128),
     "static-default-emb4-ffn8": dict(mode="static", defaults=True, embedding_bits=4, embedding_block=128,
                                      ffn_output="weight8"),
+    # The static default with the attention products (Q x K^T, softmax x V) also kept FP32: measured, not adopted.
+    "static-default-attn-fp32": dict(mode="static", defaults=True, attention_fp32=True),
+    "static-default-emb4-attn-fp32": dict(mode="static", defaults=True, embedding_bits=4, embedding_block=128,
+                                          attention_fp32=True),
 }
 
 
@@ -85,6 +89,22 @@ def ffn_output_matmuls(model_file: Path) -> list[str]:
     from slimship.compress.quantize import activation_fed_matmuls
 
     return activation_fed_matmuls(onnx.load(str(model_file), load_external_data=False))
+
+
+def weightless_matmuls(model_file: Path) -> list[str]:
+    """MatMuls of two activations (no weight on either side): a transformer's attention products, Q x K^T and
+    softmax x V. Excluding one needs its name (Hugging Face exports name every node)."""
+    import onnx
+
+    model = onnx.load(str(model_file))
+    constant = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:       # topological order: one pass finds weights computed from initializers
+        if node.op_type == "Constant" or (node.input and all(i in constant for i in node.input if i)):
+            constant.update(node.output)
+    found = [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in constant for i in n.input)]
+    if not all(found):
+        raise ValueError(f"{model_file}: an attention MatMul has no name, so it cannot be excluded")
+    return found
 
 
 def main() -> None:
@@ -143,6 +163,8 @@ def main() -> None:
             source = work / f"{name}-pre" / "emb4.onnx"
         if spec.pop("defaults", False):
             source, defaults, _ = static_defaults(source, work / f"{name}-pre", preset, spec.pop("ffn_output", "fp32"))
+            if spec.pop("attention_fp32", False):
+                defaults["nodes_to_exclude"] = defaults["nodes_to_exclude"] + weightless_matmuls(source)
             spec.update(defaults)
         target = work / f"{name}.onnx"
         settings = preset_settings(preset, mode == "static", spec.get("per_channel", False))
