@@ -64,6 +64,24 @@ def test_training_loss_decreases_within_a_run(tmp_path):
     assert len(losses) >= 6 and losses[-1] < losses[0] * 0.8, losses
 
 
+def test_a_pretrained_models_new_head_follows_the_seed_alone(tmp_path):
+    """Loading a checkpoint with a new classification head draws the head from --seed, whatever the process's
+    random state was before: the same seed gives the same head, another seed another one."""
+    import torch
+
+    from slimship.train.models import load_classifier
+
+    load_classifier("tiny", ["a", "b", "c"], seed=1).save_pretrained(tmp_path)
+    heads = []
+    for before, seed in ((123, 7), (456, 7), (123, 8)):
+        torch.manual_seed(before)
+        torch.rand(1000)
+        heads.append(load_classifier(str(tmp_path), ["x", "y"], seed=seed).classifier.weight.detach().clone())
+    assert heads[0].shape == (2, heads[0].shape[1])
+    assert torch.equal(heads[0], heads[1])
+    assert not torch.equal(heads[0], heads[2])
+
+
 def test_early_stopping_restores_the_best_model(tmp_path):
     # A large learning rate and evaluation every 4 steps: accuracy soon stops improving, patience 1 fires.
     cfg = TrainConfig(max_steps=400, learning_rate=3e-3, eval_steps=4, patience=1, max_length=48,

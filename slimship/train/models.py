@@ -64,8 +64,11 @@ def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = F
     id2label = {i: name_ for i, name_ in enumerate(labels)}
     label2id = {name_: i for i, name_ in enumerate(labels)}
     problem_type = PROBLEM_TYPE[task]
+    # Every new weight (a pretrained model's classification head, or all of the tiny model) is drawn from this
+    # seed. The Trainer seeds only when it is built, after the model exists, so without this the head, and
+    # with it the whole run, differed from one process to the next.
+    torch.manual_seed(seed)
     if name == "tiny":
-        torch.manual_seed(seed)
         config = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, num_labels=len(labels),
                             id2label=id2label, label2id=label2id, problem_type=problem_type, **TINY_CONFIG)
         return BertForSequenceClassification(config)
