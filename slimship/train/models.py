@@ -66,7 +66,7 @@ def load_classifier(name: str, labels: list[str], *, trust_remote_code: bool = F
     problem_type = PROBLEM_TYPE[task]
     # Every new weight (a pretrained model's classification head, or all of the tiny model) is drawn from this
     # seed. The Trainer seeds only when it is built, after the model exists, so without this the head, and
-    # with it the whole run, differed from one process to the next.
+    # with it the whole run, would differ from one process to the next.
     torch.manual_seed(seed)
     if name == "tiny":
         config = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, num_labels=len(labels),
