@@ -246,3 +246,19 @@ def test_distil_and_recover_with_the_attention_loss(tiny_teacher, demo_data, tmp
     assert artifact.load(pruned)["pruning"]["steps"][0]["recovery"]["steps"] > 0
     with pytest.raises(UserError, match="attention-weight"):
         DistillConfig(attention_weight=-1).check()
+
+
+def test_recovery_from_the_models_own_parent_matches_layer_by_layer(tiny_teacher, demo_data, tmp_path):
+    """A student copied from teacher layer 1 keeps that index in its manifest; recovering it with its own
+    one-layer parent as the teacher must pair layer 1 with the parent's layer 1, not look for a second layer."""
+    from slimship.compress.distill import distill
+    from slimship.compress.prune import prune
+
+    data = DataConfig(str(demo_data), max_train_rows=64, max_eval_rows=32)
+    student = distill(tiny_teacher, tmp_path / "student", data,
+                      DistillConfig(layers=[1], max_steps=2, max_length=32, quiet=True, patience=0))
+    assert artifact.load(student)["student"]["kept_layers"] == [1]
+    pruned = prune(student, tmp_path / "pruned", data,
+                   PruneConfig(ffn=0.5, recovery_epochs=1, max_length=32, quiet=True, patience=0,
+                               teacher=str(student), hidden_weight=1.0, importance_batches=2))
+    assert artifact.load(pruned)["pruning"]["steps"][0]["recovery"]["steps"] > 0

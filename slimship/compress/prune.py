@@ -516,8 +516,10 @@ def kd_recovery_options(source: dict, model, teacher, cfg: PruneConfig) -> dict[
     student_depth = families.family_of(model.config, "prune").depth(model.config)
     teacher_depth = families.family_of(teacher.config, "prune").depth(teacher.config)
     kept = (source.get("student") or {}).get("kept_layers")
-    if kept is None and student_depth == teacher_depth:
+    if student_depth == teacher_depth:      # the teacher is the model's own parent (or as deep): layer by layer
         kept = list(range(teacher_depth))
+    elif kept is not None and (len(kept) != student_depth or max(kept) >= teacher_depth):
+        kept = None                          # copied from another teacher: spread evenly over this one
     options.update(hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight,
                    layer_map=hidden_layer_map(student_depth, teacher_depth, kept))
     return options
