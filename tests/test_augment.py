@@ -249,15 +249,20 @@ def test_distil_and_recover_with_the_attention_loss(tiny_teacher, demo_data, tmp
 
 
 def test_recovery_from_the_models_own_parent_matches_layer_by_layer(tiny_teacher, demo_data, tmp_path):
-    """A student copied from teacher layer 1 keeps that index in its manifest; recovering it with its own
-    one-layer parent as the teacher must pair layer 1 with the parent's layer 1, not look for a second layer."""
+    """A student copied from the teacher's second layer (index 1) keeps that index in its manifest. Recovering it
+    with itself, a one-layer model, as the teacher must pair its one layer with the teacher's one layer, not look
+    for a second layer there."""
     from slimship.compress.distill import distill
-    from slimship.compress.prune import prune
+    from slimship.compress.prune import kd_recovery_options, prune
+    from slimship.train.artifacts import load_pytorch_artifact
 
     data = DataConfig(str(demo_data), max_train_rows=64, max_eval_rows=32)
     student = distill(tiny_teacher, tmp_path / "student", data,
                       DistillConfig(layers=[1], max_steps=2, max_length=32, quiet=True, patience=0))
     assert artifact.load(student)["student"]["kept_layers"] == [1]
+    source, model, _ = load_pytorch_artifact(student)
+    options = kd_recovery_options(source, model, model, PruneConfig(ffn=0.5, hidden_weight=1.0))
+    assert options["layer_map"] == [(0, 0), (1, 1)]
     pruned = prune(student, tmp_path / "pruned", data,
                    PruneConfig(ffn=0.5, recovery_epochs=1, max_length=32, quiet=True, patience=0,
                                teacher=str(student), hidden_weight=1.0, importance_batches=2))
