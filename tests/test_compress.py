@@ -219,6 +219,27 @@ def test_minilm_on_sst2_slice_reaches_budget(sst2_dir, tmp_path):
     assert artifact.load(out / "model", format="onnx")["chosen"] == chosen["name"]
 
 
+def test_compress_help_shows_the_builtin_grid():
+    """The grid block of `slimship compress --help` is what a user copies; it must not drift from Grid()."""
+    import re
+    from dataclasses import asdict
+
+    import yaml
+
+    import slimship.commands.compress as command
+    from slimship.compress.search import Grid
+
+    block = command.__doc__.split("The default grid")[1].split("Examples:")[0]
+    shown = {}
+    for line in block.splitlines():
+        match = re.match(r"  (\w+): (.+?)(?:\s{2,}|$)", line)
+        if match:
+            shown[match[1]] = yaml.safe_load(match[2])
+    defaults = asdict(Grid())
+    assert set(shown) == set(defaults) - {"prune_options", "vocab_options"}
+    assert {key: defaults[key] for key in shown} == shown
+
+
 def test_default_grid_file_is_the_builtin_grid():
     from slimship.compress.search import Grid, candidates, grid_from_dict, load_grid, node_batch_invariant, plan
     from slimship.core.errors import UserError

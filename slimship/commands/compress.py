@@ -1,27 +1,29 @@
 """The fastest model within an accuracy budget: search distill -> prune -> export -> quantize.
 
 From the teacher: distil students (--grid layers), prune them (heads / FFN / hidden ratios, KD recovery),
-export every PyTorch model unfused and fused, quantize every export (dynamic / static INT8). Each ONNX
-candidate's validation accuracy, batch-1 latency and batch-32 throughput are measured on this machine; the
-fastest within --max-accuracy-drop points of the teacher (and --max-model-mb, when given) is written to OUT/model (an ONNX artifact), and
-OUT/report.json, report.md and pareto.png show every candidate and the Pareto front.
+export every PyTorch model to ONNX, quantize every export (static INT8 by default). Each ONNX candidate's
+validation metric, batch-1 latency and batch-32 throughput are measured on this machine; the fastest within
+--max-accuracy-drop points of the best reference (the teacher, or a candidate that beats it) and within
+--max-model-mb, when given, is written to OUT/model (an ONNX artifact), and OUT/report.json, report.md and
+pareto.png show every candidate and the Pareto front.
 
 Resumable: every candidate is its own artifact under OUT/candidates; run the same command again after a crash
 and finished candidates are verified and reused. When no candidate meets the budget, the report is still
 written and the command exits non-zero.
 
-The grid (see configs/grid-default.yaml for the default and its keys):
+The default grid (configs/grid-default.yaml writes it out with every key):
   layers: [3]                           student depths to distil
   students: []                          other students (any family, own tokenizer): minilm or checkpoint dirs
   prune: [{}, {heads: 0.5, ffn: 0.5}]   pruning ratios per student ({} = unpruned)
-  optimize: [none, O2]                  ONNX Runtime fusion levels
+  optimize: [none]                      add O2 for ONNX Runtime's offline fusion
   quantize: [none, static]              none = the FP32 export; static/weight_only INT8; dynamic INT8 is
                                         batch-dependent (chosen only with --allow-batch-dependent)
-  embedding_bits: [8]                   add 4 for 4-bit word-embedding candidates (smaller files)
+  embedding_bits: [8, 4]                4: each INT8 candidate also with 4-bit word embeddings (smaller file)
+  ffn_output: [fp32]                    add weight8 for static INT8 with 8-bit FFN output weights (smaller, slower)
   weight_bits: [8]                      with weight_only in quantize: add 4 for 4-bit MatMul weights
   vocab: [full]                         add train to also try each student with only the training data's tokens
   include_teacher: true                 the teacher itself is a candidate too
-  distill: {epochs: 3}                  distill options (and data options such as max_train_rows);
+  distill: {epochs: 3, learning_rate: 1.0e-4}   distill options (and data options such as max_train_rows);
                                         prune_options: {recovery_epochs: 1}; vocab_options: {keep_top: 26000}
 
 Examples:
