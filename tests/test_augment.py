@@ -267,3 +267,69 @@ def test_recovery_from_the_models_own_parent_matches_layer_by_layer(tiny_teacher
                    PruneConfig(ffn=0.5, recovery_epochs=1, max_length=32, quiet=True, patience=0,
                                teacher=str(student), hidden_weight=1.0, importance_batches=2))
     assert artifact.load(pruned)["pruning"]["steps"][0]["recovery"]["steps"] > 0
+
+
+def test_mixup_plan_is_a_seeded_shuffle_with_weights_toward_each_row():
+    import torch
+
+    from slimship.compress.distill import mixup_plan
+
+    torch.manual_seed(3)
+    partner, weight = mixup_plan(16)
+    torch.manual_seed(3)
+    again = mixup_plan(16)
+    assert torch.equal(partner, again[0]) and torch.equal(weight, again[1])
+    assert sorted(partner.tolist()) == list(range(16))
+    assert bool(((weight >= 0.5) & (weight <= 1.0)).all())
+
+
+def test_mixed_logits_mix_word_embeddings_row_by_row(tiny_teacher):
+    import torch
+
+    from slimship.compress.distill import mixed_logits
+    from slimship.train.artifacts import load_pytorch_artifact
+
+    _, model, tokenizer = load_pytorch_artifact(tiny_teacher)
+    model.eval()
+    batch = tokenizer(["a good film", "a bad plot"], return_tensors="pt")   # the same length: no padding
+    assert bool(batch["attention_mask"].all())
+    with torch.no_grad():
+        plain = model(**batch).logits
+        keep = torch.tensor([0, 1])
+        # weight 1 is each row itself
+        assert torch.allclose(mixed_logits(model, dict(batch), keep, torch.ones(2)), plain, atol=1e-6)
+        # half and half with the other row: both rows see the same mix, so the same answer
+        both = mixed_logits(model, dict(batch), torch.tensor([1, 0]), torch.full((2,), 0.5))
+        assert torch.allclose(both[0], both[1], atol=1e-6) and not torch.allclose(both, plain, atol=1e-4)
+    # a longer partner's tokens are attended to: the mask is the union of both rows'
+    padded = tokenizer(["a good film", "a much slower and longer plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        mixed = mixed_logits(model, dict(padded), torch.tensor([1, 0]), torch.full((2,), 0.75))
+    assert mixed.shape == (2, model.config.num_labels) and bool(torch.isfinite(mixed).all())
+
+
+def test_distil_and_recover_with_mixup(tiny_teacher, demo_data, tmp_path):
+    from slimship.compress.distill import check_mixup, distill
+    from slimship.compress.prune import prune
+    from slimship.train import families
+
+    data = DataConfig(str(demo_data), max_train_rows=64, max_eval_rows=32)
+    student = distill(tiny_teacher, tmp_path / "student", data,
+                      DistillConfig(layers=[0], max_steps=4, max_length=32, quiet=True, patience=0,
+                                    mixup_weight=1.0, augment=0))
+    record = artifact.load(student)["distillation"]
+    assert record["mixup_weight"] == 1.0 and record["teacher_logits"] == "cache"
+    plain = distill(tiny_teacher, tmp_path / "plain", data,
+                    DistillConfig(layers=[0], max_steps=4, max_length=32, quiet=True, patience=0, augment=0))
+    # the same seed and batches: only the mixed term makes the weights differ
+    assert (student / "model.safetensors").read_bytes() != (plain / "model.safetensors").read_bytes()
+    pruned = prune(student, tmp_path / "pruned", data,
+                   PruneConfig(ffn=0.5, recovery_epochs=1, max_length=32, quiet=True, patience=0,
+                               teacher=str(tiny_teacher), mixup_weight=1.0, importance_batches=2, augment=0))
+    assert artifact.load(pruned)["pruning"]["steps"][0]["recovery"]["steps"] > 0
+    with pytest.raises(UserError, match="mixup-weight"):
+        DistillConfig(mixup_weight=-1).check()
+    with pytest.raises(UserError, match="last token"):
+        check_mixup(DistillConfig(mixup_weight=1.0), families.FAMILIES["gpt2"])
+    with pytest.raises(UserError, match="own"):
+        check_mixup(DistillConfig(mixup_weight=1.0), families.FAMILIES["bert"], own_tokenizer=object())

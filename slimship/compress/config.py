@@ -101,6 +101,11 @@ class TransferOptions:
         "weight of the KL divergence of attention distributions against the teacher over the layer map (0: off; "
         "runs the teacher in every step, with eager attention)"))
 
+    mixup_weight: float = field(default=0.0, metadata=opt(
+        "weight of a distillation term on mixed inputs (MixKD): each row's word embeddings mixed with another "
+        "row's of the batch, the student matched to the teacher's answer on the same mix (0: off; runs the "
+        "teacher in every step)"))
+
     @property
     def layer_losses(self) -> bool:
         """A hidden-state or attention loss is on: the teacher's activations are needed in every step."""
@@ -116,6 +121,8 @@ class TransferOptions:
             raise UserError(f"--hidden-weight must be 0 or more, not {self.hidden_weight}")
         if self.attention_weight < 0:
             raise UserError(f"--attention-weight must be 0 or more, not {self.attention_weight}")
+        if self.mixup_weight < 0:
+            raise UserError(f"--mixup-weight must be 0 or more, not {self.mixup_weight}")
 
 
 @dataclass

@@ -11,13 +11,15 @@ name). It learns from
 plus, with ``hidden_weight`` > 0, the mean squared difference of hidden states over a layer map (student layer i
 matched to the teacher layer it was copied from; TinyBERT/FastFormers style), and with ``attention_weight`` > 0
 the KL divergence of the mapped layers' attention distributions (TinyBERT/MiniLM style; heads averaged first
-when a pruned student has fewer).
+when a pruned student has fewer), and with ``mixup_weight`` > 0 the same soft-target loss on inputs mixed in the
+embedding space (MixKD: each row's word embeddings blended with another row's, both models answering the mix).
 
 The teacher's logits are computed once before training and carried with each example ("cache"), or computed in
 every training step ("online"). The teacher is frozen and runs without dropout, so both give the same targets;
 caching runs the teacher once in all, in length-sorted inference batches, instead of once per epoch inside the
 training loop -- faster on CPU (measured in bench/bench_compress_torch.py), hence the default. The hidden-state
-and attention losses need the teacher's activations of every batch, so they always run the teacher online. Cached logits are
+and attention losses need the teacher's activations of every batch, so they always run the teacher online; MixUp
+runs it on each batch's mix besides the cached logits. Cached logits are
 computed in fp32; online, the teacher runs inside the Trainer's autocast (bf16 where AMP is on), so the targets
 agree to bf16 precision.
 
@@ -174,6 +176,48 @@ def attention_kl(student_attentions, teacher_attentions, layer_map, attention_ma
     return total / max(1, len(pairs))
 
 
+# MixKD's Beta(a, a) for the mixing weight, folded to [0.5, 1] so each mix stays closest to its own row (whose
+# segment ids it keeps); 0.4 is the MixUp papers' usual choice for text.
+MIXUP_BETA = 0.4
+
+
+def mixup_plan(batch_size: int):
+    """For one batch: each row's partner (a shuffle of the rows) and its own weight lambda in [0.5, 1]. Drawn from
+    torch's global generator, which the Trainer seeds, so a run with the same seed mixes the same way."""
+    import torch
+
+    partner = torch.randperm(batch_size)
+    weight = torch.distributions.Beta(MIXUP_BETA, MIXUP_BETA).sample((batch_size,))
+    return partner, torch.maximum(weight, 1.0 - weight)
+
+
+def mixed_logits(model, features: dict, partner, weight):
+    """The model's output on word embeddings mixed row by row, weight * e_i + (1 - weight) * e_partner(i), attending
+    to the tokens of either row. Each model mixes its own embeddings; position and segment embeddings are added
+    by the model as usual."""
+    import torch
+
+    embeddings = model.get_input_embeddings()(features["input_ids"])
+    w = weight.to(device=embeddings.device, dtype=embeddings.dtype).view(-1, 1, 1)
+    mixed = w * embeddings + (1.0 - w) * embeddings[partner]
+    mask = torch.maximum(features["attention_mask"], features["attention_mask"][partner])
+    rest = {k: v for k, v in features.items() if k not in ("input_ids", "attention_mask")}
+    return model(inputs_embeds=mixed, attention_mask=mask, **rest).logits
+
+
+def check_mixup(cfg, family, own_tokenizer=None) -> None:
+    """MixUp needs the student to read the teacher's tokens (both mix the same rows) and an encoder's first-token
+    head (a decoder's head finds each row's last token from the ids, which a mix does not have)."""
+    if cfg.mixup_weight <= 0:
+        return
+    if own_tokenizer is not None:
+        raise UserError("--mixup-weight needs the student to read the teacher's tokens; this student has its own "
+                        "tokenizer")
+    if family.decoder:
+        raise UserError(f"--mixup-weight: {family.name} classifies from each row's last token, which mixed "
+                        f"embeddings do not mark; use it with encoder models")
+
+
 def want_attentions(model) -> None:
     """Attention maps come back only from eager attention in newer families; switch where the model allows it
     (the same maths, slower). Families that pick their attention class at build time fall back by themselves."""
@@ -192,7 +236,8 @@ def distill_trainer_class():
         """The recipe's Trainer with a distillation loss; evaluation stays plain cross-entropy of the student."""
 
         def __init__(self, *args, teacher=None, temperature: float = 2.0, alpha: float = 0.5,
-                     hidden_weight: float = 0.0, attention_weight: float = 0.0, layer_map=None, **kwargs):
+                     hidden_weight: float = 0.0, attention_weight: float = 0.0, layer_map=None,
+                     mixup_weight: float = 0.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.teacher = teacher
             if teacher is not None:
@@ -201,6 +246,7 @@ def distill_trainer_class():
                     p.requires_grad_(False)
             self.temperature, self.alpha = temperature, alpha
             self.hidden_weight, self.attention_weight, self.layer_map = hidden_weight, attention_weight, layer_map
+            self.mixup_weight = mixup_weight
             if attention_weight > 0:
                 want_attentions(self.model)
                 want_attentions(self.teacher)
@@ -230,8 +276,14 @@ def distill_trainer_class():
                 with torch.no_grad():
                     teacher_out = self.teacher(**features, **extra)
             target = cached if cached is not None else teacher_out.logits
-            loss = losses.kd_loss(recipe.task_of_model(model), outputs.logits, target, labels, self.temperature,
-                                  self.alpha)
+            task = recipe.task_of_model(model)
+            loss = losses.kd_loss(task, outputs.logits, target, labels, self.temperature, self.alpha)
+            if self.mixup_weight > 0:     # soft targets only: a mix of two rows has no label of its own
+                partner, weight = mixup_plan(labels.shape[0])
+                with torch.no_grad():
+                    teacher_mix = mixed_logits(self.teacher, features, partner, weight)
+                loss = loss + self.mixup_weight * losses.kd_loss(
+                    task, mixed_logits(model, features, partner, weight), teacher_mix, labels, self.temperature, 1.0)
             if want_hidden:
                 loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, teacher_out.hidden_states,
                                                               self.layer_map, features["attention_mask"])
@@ -417,6 +469,8 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
         student = student_from_teacher(teacher, kept)
         origin = {"kept_layers": kept}
     student_layers = families.family_of(student.config, "distill").depth(student.config)
+    check_mixup(cfg, families.family_of(teacher.config, "distill"))
+    check_mixup(cfg, families.family_of(student.config, "distill"), own_tokenizer)
     layer_map = hidden_layer_map(student_layers, teacher_layers, kept)
     if cfg.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
         raise UserError(f"--hidden-weight needs the student's hidden size ({student.config.hidden_size}) to equal "
@@ -444,7 +498,8 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
     trainer = recipe.build_trainer(
         student, student_tok, train_set, eval_set, cfg, work_dir, labels, amp,
         trainer_class=distill_trainer_class(), teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha,
-        hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight, layer_map=layer_map)
+        hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight, layer_map=layer_map,
+        mixup_weight=cfg.mixup_weight)
     outcome = recipe.run(trainer, cfg, work_dir)
 
     if recipe.is_main_process():
@@ -468,7 +523,8 @@ def distill(teacher_dir, out, data: DataConfig, cfg: DistillConfig) -> Path:
                 student={"layers": student_layers, **origin, **student_profile},
                 delta={"validation": delta} if delta else None,
                 distillation={"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight,
-                              "attention_weight": cfg.attention_weight, "teacher_logits": mode,
+                              "attention_weight": cfg.attention_weight, "mixup_weight": cfg.mixup_weight,
+                              "teacher_logits": mode,
                               "teacher_logits_seconds": cache_seconds,
                               "layer_map": layer_map if cfg.layer_losses else None},
                 transfer=transfer,

@@ -503,11 +503,13 @@ def importance_batches(tokenizer, texts: list[str], labels: list[int], cfg: Prun
 def kd_recovery_options(source: dict, model, teacher, cfg: PruneConfig) -> dict[str, Any]:
     """The DistillTrainer's options for recovery from ``teacher``: the logit loss, and with ``hidden_weight`` the
     hidden states matched layer by layer (a distilled student's layers to the teacher layers it was copied from)."""
-    from slimship.compress.distill import hidden_layer_map
+    from slimship.compress.distill import check_mixup, hidden_layer_map
     from slimship.train import families
 
+    check_mixup(cfg, families.family_of(teacher.config, "prune"))
+    check_mixup(cfg, families.family_of(model.config, "prune"))
     options = dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, hidden_weight=0.0,
-                   attention_weight=0.0, layer_map=None)
+                   attention_weight=0.0, layer_map=None, mixup_weight=cfg.mixup_weight)
     if not cfg.layer_losses:
         return options
     if cfg.hidden_weight > 0 and (cfg.hidden > 0 or model.config.hidden_size != teacher.config.hidden_size):
