@@ -308,7 +308,7 @@ def test_mixed_logits_mix_word_embeddings_row_by_row(tiny_teacher):
     assert mixed.shape == (2, model.config.num_labels) and bool(torch.isfinite(mixed).all())
 
 
-def test_distil_and_recover_with_mixup(tiny_teacher, demo_data, tmp_path):
+def test_distil_and_recover_with_mixup(tiny_teacher, demo_data, tmp_path, capsys):
     from slimship.compress.distill import check_mixup, distill
     from slimship.compress.prune import prune
     from slimship.train import families
@@ -327,6 +327,10 @@ def test_distil_and_recover_with_mixup(tiny_teacher, demo_data, tmp_path):
                    PruneConfig(ffn=0.5, recovery_epochs=1, max_length=32, quiet=True, patience=0,
                                teacher=str(tiny_teacher), mixup_weight=1.0, importance_batches=2, augment=0))
     assert artifact.load(pruned)["pruning"]["steps"][0]["recovery"]["steps"] > 0
+    capsys.readouterr()
+    prune(student, tmp_path / "no-teacher", data, PruneConfig(ffn=0.5, recovery_epochs=1, max_length=32, quiet=True,
+                                                              patience=0, mixup_weight=1.0, importance_batches=2))
+    assert "--mixup-weight needs one" in capsys.readouterr().err
     with pytest.raises(UserError, match="mixup-weight"):
         DistillConfig(mixup_weight=-1).check()
     with pytest.raises(UserError, match="last token"):

@@ -592,6 +592,8 @@ def prune(model_dir, out, data: DataConfig, cfg: PruneConfig) -> Path:
         else:
             if cfg.augment or cfg.unlabeled:    # asked for explicitly (auto, None, stays quiet)
                 stage_log("no --teacher: the transfer set (--augment, --unlabeled) needs one to label it; unused")
+            if cfg.mixup_weight > 0:
+                stage_log("no --teacher: --mixup-weight needs one to answer the mixed inputs; unused")
             train_set = TokenizedDataset(tokenizer, train_split.inputs, train_split.labels, cfg.max_length)
         eval_set = TokenizedDataset(tokenizer, val.inputs, val.labels, cfg.max_length) if val else None
 
