@@ -87,8 +87,14 @@ def record_curve(data: str, seed: int, out: Path) -> list[dict]:
             self.trainer = trainer
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            import torch
+
             trained = time.perf_counter() - clock[0]           # the epoch and its validation pass
+            # Iterating a DataLoader draws from torch's generator: restore it, or the test pass would change the
+            # dropout of every later epoch and the curve would not be the plain run's.
+            state_before = torch.get_rng_state()
             score = self.trainer.predict(test_set).metrics["test_accuracy"]
+            torch.set_rng_state(state_before)
             curve.append({"epoch": round(state.epoch), "validation": metrics["eval_accuracy"], "test": score,
                           "seconds": round(trained, 1)})
             print(f"seed {seed} epoch {round(state.epoch)}: validation {metrics['eval_accuracy']:.4f} "
