@@ -64,20 +64,17 @@ RULES = {
 }
 
 
-def record_curve(data: str, seed: int, out: Path) -> list[dict]:
+def record_curve(data: str, test, seed: int, out: Path) -> list[dict]:
     """Train the default teacher with early stopping off; validation and test accuracy after every epoch."""
     from transformers import TrainerCallback
 
     from slimship.core.config import DataConfig
     from slimship.train import recipe
-    from slimship.train.artifacts import load_stage_data
     from slimship.train.models import load_tokenizer
     from slimship.train.recipe import TokenizedDataset, TrainConfig
     from slimship.train.stage import train
 
     cfg = TrainConfig(seed=seed, patience=0, quiet=True)
-    loaded = load_stage_data(DataConfig(data))
-    test = loaded.splits["test"]
     test_set = TokenizedDataset(load_tokenizer("minilm"), test.inputs, test.labels, cfg.max_length)
     curve: list[dict] = []
     clock = [time.perf_counter()]
@@ -136,17 +133,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    from slimship.core.config import DataConfig
+    from slimship.train.artifacts import load_stage_data
+
+    splits = load_stage_data(DataConfig(args.data)).splits
     results = args.out / "curves.json"
     curves = {int(k): v for k, v in json.loads(results.read_text()).items()} if results.is_file() else {}
     for seed in (int(s) for s in args.seeds.split(",")):
         if seed not in curves:                   # a finished seed is kept: rerun to add seeds
-            curves[seed] = record_curve(args.data, seed, args.out)
+            curves[seed] = record_curve(args.data, splits["test"], seed, args.out)
             results.write_text(json.dumps(curves, indent=1))
-    from slimship.core.config import DataConfig
-    from slimship.train.artifacts import load_stage_data
-
-    rows = len(load_stage_data(DataConfig(args.data)).splits["validation"])
-    print(table(curves, rows))
+    print(table(curves, len(splits["validation"])))
 
 
 if __name__ == "__main__":
